@@ -1,0 +1,1 @@
+"""Encoders (frames -> video representation) and classifier heads (representation -> class probabilities)."""

@@ -1,0 +1,51 @@
+"""The contract every video encoder keeps, so teacher, student and losses can treat families alike."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+
+@dataclass
+class EncoderOutput:
+    """What an encoder returns for a batch.
+
+    Attributes:
+        representation: (B, E) the video representation E: what L_rep matches and the head classifies.
+        intermediate: (B, T, H) a state per input slot (the paper's I_T / I_S for L_rep^I), or None.
+    """
+
+    representation: Tensor
+    intermediate: Tensor | None = None
+
+
+class VideoEncoder(nn.Module, ABC):
+    """Frames (B, T, D) + mask (B, T) -> ``EncoderOutput``. Knows nothing of labels, files or Lightning.
+
+    Padded slots (mask False) must not change the output: a video gives the same representation however much
+    padding follows it.
+
+    Attributes:
+        input_dim: D, features per frame (1152 for YouTube-8M rgb+audio).
+        output_dim: E, size of ``representation``.
+    """
+
+    input_dim: int
+    output_dim: int
+
+    @abstractmethod
+    def forward(self, frames: Tensor, mask: Tensor) -> EncoderOutput:
+        """(B, T, D) float frames, (B, T) bool mask -> ``EncoderOutput``."""
+
+    @abstractmethod
+    def architecture(self) -> dict[str, Any]:
+        """Family name and every size that fixes the parameter shapes, e.g. ``{"family": "HRNN", ...}``.
+
+        Two encoders whose representations L_rep can compare agree on everything here except the entries
+        listed in ``student_free_keys`` (e.g. H-RNN's block length).
+        """
+
+    student_free_keys: tuple[str, ...] = ()
