@@ -15,7 +15,8 @@ class EncoderOutput:
 
     Attributes:
         representation: (B, E) the video representation E: what L_rep matches and the head classifies.
-        intermediate: (B, T, H) a state per input slot (the paper's I_T / I_S for L_rep^I), or None.
+        intermediate: (B, T, H) a state per input slot (the paper's I_T / I_S for L_rep^I), zero at padded
+            slots, or None.
     """
 
     representation: Tensor
@@ -26,7 +27,10 @@ class VideoEncoder(nn.Module, ABC):
     """Frames (B, T, D) + mask (B, T) -> ``EncoderOutput``. Knows nothing of labels, files or Lightning.
 
     Padded slots (mask False) must not change the output: a video gives the same representation however much
-    padding follows it.
+    padding follows it, in eval and in training mode (batch statistics count real frames only). The real
+    frames of a video are a prefix of its slots, as ``FrameView`` lays them out.
+
+    Constructor defaults are the paper's sizes; ``tiny()`` builds the same class with small sizes.
 
     Attributes:
         input_dim: D, features per frame (1152 for YouTube-8M rgb+audio).
@@ -49,3 +53,8 @@ class VideoEncoder(nn.Module, ABC):
         """
 
     student_free_keys: tuple[str, ...] = ()
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> VideoEncoder:
+        """The same architecture with small sizes (for tests and the CPU demo); ``overrides`` set any argument."""
+        raise NotImplementedError(f"{cls.__name__} defines no tiny() configuration")
