@@ -1,0 +1,94 @@
+"""Parallel distillation: teacher and k-frame student trained together from scratch (paper section 4, Parallel)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from lightning_distill.data.batch import VideoBatch
+from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, UniformSampler
+from lightning_distill.models.encoder import VideoEncoder
+from lightning_distill.models.heads import ClassifierHead, LogisticHead
+from lightning_distill.training.losses import ClassificationLoss, DistillLoss, LossTerm
+from lightning_distill.training.module import (
+    VideoClassifierModule,
+    check_blocks,
+    check_same_family,
+    check_teacher_comparisons,
+    loss_log_names,
+)
+from lightning_distill.training.outputs import ModelOutput, classify
+from lightning_distill.training.student import default_student_loss
+
+
+class DistillModule(VideoClassifierModule):
+    """A teacher (all frames) and a k-frame student of the same family, trained jointly from scratch.
+
+    Both encoders feed ONE head (the paper shares the classifier). The teacher minimises L_CE on the
+    "teacher" view; the student minimises ``loss`` on the "student" view, in which every teacher output is
+    detached: no student loss sends a gradient into the teacher's encoder, so the teacher learns exactly as
+    it would alone. The shared head does learn from the student's L_CE and L_pred through the student's own
+    path (its probabilities are the head applied to the student's representation), as well as from the
+    teacher's L_CE. The minimised total is the teacher's loss plus the student's.
+
+    Logs ``train/teacher/loss``, ``train/student/loss``, ``train/student/loss/<term>`` and ``train/loss``
+    (their sum); both models are evaluated: ``val/teacher/gap``, ``val/student/gap``, ... Predictions are the
+    student's.
+
+    Args:
+        encoder: the student's encoder.
+        teacher_encoder: the teacher's encoder, same family and sizes (H-RNN's block length may differ).
+        num_classes: C, linked from the data module.
+        sampler: the student's frames.
+        teacher_sampler: the teacher's frames.
+        loss: the student's terms, name -> ``LossTerm``; None gives L_rep + L_pred + L_CE with weights 1.
+        head: builds the shared classifier as ``head(encoder.output_dim, num_classes)``.
+        optimizer: builds one optimiser over both encoders and the head.
+        lr_scheduler: builds a per-epoch learning-rate schedule, or None for a constant rate.
+    """
+
+    evaluated_roles = ("teacher", "student")
+    predicting_role = "student"
+
+    def __init__(
+        self,
+        encoder: VideoEncoder,
+        teacher_encoder: VideoEncoder,
+        num_classes: int,
+        sampler: FrameSampler = lazy_instance(UniformSampler, k=30),
+        teacher_sampler: FrameSampler = lazy_instance(AllFramesSampler),
+        loss: dict[str, LossTerm] | None = None,
+        head: Callable[[int, int], ClassifierHead] = LogisticHead,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler)
+        self.save_hyperparameters()
+        check_same_family(teacher_encoder, encoder, "the teacher encoder")
+        check_blocks(teacher_encoder, teacher_sampler, "teacher")
+        self.criterion = DistillLoss(default_student_loss() if loss is None else loss)
+        check_teacher_comparisons(self.criterion, teacher_sampler)
+        self.teacher_criterion = DistillLoss({"ce": ClassificationLoss()})
+        self.teacher_encoder = teacher_encoder
+        self.teacher_sampler = teacher_sampler
+
+    def frame_views(self, stage: str) -> dict[str, FrameSampler]:
+        if stage == "predict":
+            return {"student": self.sampler}
+        return {"teacher": self.teacher_sampler, "student": self.sampler}
+
+    def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
+        outputs = {"student": self(batch.views["student"])}
+        if "teacher" in batch.views:
+            outputs["teacher"] = classify(self.teacher_encoder, self.head, batch.views["teacher"])
+        return outputs
+
+    def losses(self, outputs: dict[str, ModelOutput], labels: Tensor) -> dict[str, Tensor]:
+        teacher = loss_log_names(self.teacher_criterion(outputs["teacher"], None, labels), "teacher")
+        # The loss terms detach every teacher-side tensor (stop-gradient), see training/losses.py.
+        student = loss_log_names(self.criterion(outputs["student"], outputs["teacher"], labels), "student")
+        return {"loss": teacher["teacher/loss"] + student["student/loss"], **teacher, **student}

@@ -1,0 +1,256 @@
+"""The paper's losses (section 4) as pure functions, and as named weighted terms that YAML composes.
+
+Every function computes in float32 with autocast off, so ``bf16-mixed`` training keeps full-precision logs and
+sums over thousands of classes. Every teacher-side input is detached: no loss here sends a gradient into the
+teacher (in Parallel training the teacher learns from its own L_CE only).
+
+A student's loss in YAML (``StudentModule``/``DistillModule`` argument ``loss``), e.g. the weights of a public
+NeXtVLAD re-implementation::
+
+    loss:
+      ce: ClassificationLoss
+      pred: {class_path: PredictionLoss, init_args: {weight: 0.01}}
+      rep: {class_path: RepresentationLoss, init_args: {weight: 0.001}}
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_distill.errors import ConfigError
+from lightning_distill.training.outputs import ModelOutput
+
+# The YouTube-8M starter code's epsilon in its cross-entropy (written there as 10e-6).
+CE_EPSILON = 1e-5
+# logit(p) clamps p to [eps, 1 - eps], so a probability that saturated to 0 or 1 keeps a finite logit.
+LOGIT_EPSILON = 1e-7
+
+
+def _float32_context(tensor: Tensor) -> torch.autocast:
+    """Autocast off on ``tensor``'s device, so bf16-mixed training computes the loss in float32."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
+def classification_loss(probs: Tensor, labels: Tensor) -> Tensor:
+    """L_CE (paper eq. 1): binary cross-entropy summed over the C classes, averaged over the B videos.
+
+    ``-[y log(p + eps) + (1 - y) log(1 - p + eps)]`` on probabilities (an MoE head has no logits), eps = 1e-5 as
+    in the YouTube-8M starter code.
+
+    Args:
+        probs: (B, C) predicted probabilities.
+        labels: (B, C) multi-hot ground truth.
+    """
+    with _float32_context(probs):
+        p, y = probs.float(), labels.float()
+        per_class = y * torch.log(p + CE_EPSILON) + (1 - y) * torch.log(1 - p + CE_EPSILON)
+        return -per_class.sum(dim=1).mean()
+
+
+def representation_loss(e_teacher: Tensor, e_student: Tensor) -> Tensor:
+    """L_rep (paper eq. 2): ``||E_T - E_S||^2`` summed over the E dims, averaged over the B videos.
+
+    Args:
+        e_teacher: (B, E) teacher representation (detached here).
+        e_student: (B, E) student representation.
+    """
+    with _float32_context(e_student):
+        return (e_teacher.detach().float() - e_student.float()).pow(2).sum(dim=1).mean()
+
+
+def intermediate_representation_loss(
+    i_teacher: Tensor, i_student: Tensor, student_positions: Tensor, mask: Tensor
+) -> Tensor:
+    """L_rep^I (paper eq. 3): squared error between the teacher's and the student's state at each frame the
+    student saw, summed over the H dims and the student's frames, averaged over the B videos.
+
+    The teacher's view must be the all-frames view, whose slot t holds frame t, so the teacher's state for the
+    student's frame f is slot f.
+
+    Args:
+        i_teacher: (B, T, H) teacher state per frame (detached here).
+        i_student: (B, K, H) student state per slot.
+        student_positions: (B, K) long, the frame index of each student slot, -1 at padding.
+        mask: (B, K) bool, True where the student slot holds a real frame.
+    """
+    with _float32_context(i_student):
+        # Padding (-1) reads slot 0 and is then zeroed by the mask.
+        index = student_positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, i_teacher.shape[-1])
+        teacher_at_student = i_teacher.detach().float().gather(1, index)
+        per_slot = (teacher_at_student - i_student.float()).pow(2).sum(dim=-1) * mask.float()
+        return per_slot.sum(dim=1).mean()
+
+
+def _temper(probs: Tensor, temperature: float) -> Tensor:
+    """``sigmoid(logit(p) / T)``: T > 1 pulls probabilities towards 0.5 (softer), T < 1 towards 0 or 1."""
+    if temperature == 1.0:
+        return probs
+    return torch.sigmoid(torch.logit(probs, eps=LOGIT_EPSILON) / temperature)
+
+
+def prediction_loss(
+    p_teacher: Tensor,
+    p_student: Tensor,
+    distance: Literal["kl", "squared"] = "kl",
+    temperature: float = 1.0,
+) -> Tensor:
+    """L_pred (paper eq. 4): a distance between teacher and student class probabilities, averaged over videos.
+
+    - ``"kl"``: KL(P̂_T || P̂_S) = sum_c P̂_T,c log(P̂_T,c / P̂_S,c) of the class-normalised probabilities
+      P̂ = P / sum_c P (as in the paper authors' code: the sigmoid outputs made one distribution per video).
+    - ``"squared"``: sum_c (p_T,c - p_S,c)^2.
+
+    Args:
+        p_teacher: (B, C) teacher probabilities (detached here).
+        p_student: (B, C) student probabilities.
+        distance: ``"kl"`` or ``"squared"``.
+        temperature: T; both sides become ``sigmoid(logit(p) / T)`` first. 1 leaves them as they are.
+    """
+    with _float32_context(p_student):
+        p_t = _temper(p_teacher.detach().float(), temperature)
+        p_s = _temper(p_student.float(), temperature)
+        if distance == "squared":
+            return (p_t - p_s).pow(2).sum(dim=1).mean()
+        if distance == "kl":
+            q_t = p_t / p_t.sum(dim=1, keepdim=True)
+            q_s = p_s / p_s.sum(dim=1, keepdim=True)
+            # xlogy makes 0 log 0 = 0; the clamp keeps log finite where a student probability underflowed.
+            kl = torch.xlogy(q_t, q_t) - q_t * torch.log(q_s.clamp(min=torch.finfo(q_s.dtype).tiny))
+            return kl.sum(dim=1).mean()
+        raise ConfigError(f"prediction_loss distance must be 'kl' or 'squared', got {distance!r}")
+
+
+class LossTerm(nn.Module, ABC):
+    """One named part of a student's loss: ``forward`` returns its unweighted value, ``DistillLoss`` weighs it.
+
+    Args:
+        weight: multiplies the term in the total (>= 0).
+
+    Attributes:
+        needs_teacher: whether the term compares with the teacher's outputs.
+    """
+
+    needs_teacher: bool = True
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        if weight < 0:
+            raise ConfigError(f"{type(self).__name__} weight must be >= 0, got {weight}: use 0 to switch it off")
+        self.weight = weight
+
+    @abstractmethod
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> Tensor:
+        """The term's unweighted value: a scalar tensor.
+
+        Args:
+            student: outputs of the model being trained.
+            teacher: outputs of the teacher; None when no term of the loss needs them.
+            labels: (B, C) multi-hot ground truth.
+        """
+
+
+class ClassificationLoss(LossTerm):
+    """L_CE: the student's cross-entropy against the true labels (see ``classification_loss``).
+
+    Args:
+        weight: multiplies the term in the total.
+    """
+
+    needs_teacher = False
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> Tensor:
+        return classification_loss(student.probabilities, labels)
+
+
+class RepresentationLoss(LossTerm):
+    """L_rep: squared distance between the teacher's and the student's video representations.
+
+    Args:
+        weight: multiplies the term in the total.
+    """
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> Tensor:
+        return representation_loss(teacher.representation, student.representation)
+
+
+class IntermediateRepresentationLoss(LossTerm):
+    """L_rep^I: squared distance between the teacher's and the student's per-frame states at the student's frames.
+
+    Needs an encoder that returns per-frame states (``EncoderOutput.intermediate``, e.g. H-RNN) and a teacher
+    that sees all frames.
+
+    Args:
+        weight: multiplies the term in the total.
+    """
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> Tensor:
+        if student.intermediate is None or teacher.intermediate is None:
+            raise ConfigError(
+                "IntermediateRepresentationLoss needs per-frame encoder states but the encoder returns none: "
+                "use an encoder that returns them (HRNN) or drop the term"
+            )
+        return intermediate_representation_loss(
+            teacher.intermediate, student.intermediate, student.positions, student.mask
+        )
+
+
+class PredictionLoss(LossTerm):
+    """L_pred: distance between the teacher's and the student's class probabilities (see ``prediction_loss``).
+
+    Args:
+        weight: multiplies the term in the total.
+        distance: ``"kl"`` (KL of class-normalised probabilities, the authors' code) or ``"squared"``.
+        temperature: T; both sides become ``sigmoid(logit(p) / T)`` first (T > 1 softer, T < 1 sharper).
+    """
+
+    def __init__(
+        self, weight: float = 1.0, distance: Literal["kl", "squared"] = "kl", temperature: float = 1.0
+    ) -> None:
+        super().__init__(weight)
+        if distance not in ("kl", "squared"):
+            raise ConfigError(f"PredictionLoss distance must be 'kl' or 'squared', got {distance!r}")
+        if temperature <= 0:
+            raise ConfigError(f"PredictionLoss temperature must be > 0, got {temperature}")
+        self.distance = distance
+        self.temperature = temperature
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> Tensor:
+        return prediction_loss(teacher.probabilities, student.probabilities, self.distance, self.temperature)
+
+
+class DistillLoss(nn.Module):
+    """A named, weighted sum of loss terms; every weighted part is returned so each can be logged.
+
+    Args:
+        terms: name -> term, e.g. ``{"rep": RepresentationLoss(), "ce": ClassificationLoss()}``.
+    """
+
+    def __init__(self, terms: dict[str, LossTerm]) -> None:
+        super().__init__()
+        if not terms:
+            raise ConfigError("the loss has no terms: give at least one, e.g. {ce: ClassificationLoss}")
+        if "total" in terms:
+            raise ConfigError("a loss term is named 'total', which names the sum: rename the term")
+        self.terms = nn.ModuleDict(terms)
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether any term compares with the teacher's outputs."""
+        return any(term.needs_teacher for term in self.terms.values())
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> dict[str, Tensor]:
+        """``{name: weight * value for each term, "total": their sum}``.
+
+        Args:
+            student: outputs of the model being trained.
+            teacher: outputs of the teacher; may be None only if no term ``needs_teacher``.
+            labels: (B, C) multi-hot ground truth.
+        """
+        if teacher is None and self.needs_teacher:
+            raise ValueError("DistillLoss got no teacher outputs but some of its terms compare with the teacher")
+        parts = {name: term.weight * term(student, teacher, labels) for name, term in self.terms.items()}
+        return {**parts, "total": sum(parts.values())}

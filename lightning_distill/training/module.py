@@ -1,0 +1,242 @@
+"""What every vdistill LightningModule shares: encoder + head, optimiser, one step for all stages, metrics, logs.
+
+Subclasses say which frame views they need (``frame_views``), what a batch gives (``model_step``: one
+``ModelOutput`` per role, "teacher" and/or "student") and what they minimise (``losses``). Everything else (the
+train/val/test/predict loops, the YouTube-8M metrics, logging, the divergence check) lives here, once.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_distill.data.batch import FrameView, VideoBatch
+from lightning_distill.data.samplers import FrameSampler
+from lightning_distill.errors import ConfigError
+from lightning_distill.metrics import YT8MMetrics
+from lightning_distill.models.encoder import VideoEncoder
+from lightning_distill.models.heads import ClassifierHead
+from lightning_distill.training.losses import DistillLoss, IntermediateRepresentationLoss
+from lightning_distill.training.outputs import ModelOutput, classify
+
+EVALUATION_STAGES = ("val", "test")
+
+
+@dataclass
+class InferenceNetwork:
+    """The network a module predicts with, and the frames it reads: what ``vdistill profile`` measures."""
+
+    encoder: VideoEncoder
+    head: ClassifierHead
+    sampler: FrameSampler
+
+
+class VideoClassifierModule(L.LightningModule, ABC):
+    """Base of the vdistill modules: ``encoder`` + ``head`` classify the videos of one view.
+
+    Logs ``train/loss`` and ``train/loss/<term>`` every step, and per evaluated role at the end of each
+    validation/test epoch ``val/gap``, ``val/map``, ``val/map_all_classes``, ``val/hit_at_one``, ``val/perr``
+    (``test/...``; ``val/<role>/gap`` ... when a module evaluates both teacher and student).
+
+    Args:
+        encoder: frames -> video representation (the model that predicts).
+        num_classes: C, linked from the data module.
+        head: builds the classifier as ``head(encoder.output_dim, num_classes)``.
+        optimizer: builds the optimiser from the trainable parameters.
+        lr_scheduler: builds a per-epoch learning-rate schedule from the optimiser, or None.
+        sampler: the frames ``encoder`` sees.
+
+    Attributes:
+        evaluated_roles: the roles whose predictions are scored at validation and test.
+        predicting_role: the role whose view and predictions ``predict_step`` uses.
+    """
+
+    evaluated_roles: tuple[str, ...]
+    predicting_role: str
+
+    def __init__(
+        self,
+        encoder: VideoEncoder,
+        num_classes: int,
+        head: Callable[[int, int], ClassifierHead],
+        optimizer: OptimizerCallable,
+        lr_scheduler: LRSchedulerCallable | None,
+        sampler: FrameSampler,
+    ) -> None:
+        super().__init__()
+        check_blocks(encoder, sampler, self.predicting_role)
+        self.encoder = encoder
+        self.head = head(encoder.output_dim, num_classes)
+        self.sampler = sampler
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict({role: YT8MMetrics(num_classes) for role in self.evaluated_roles})
+                for stage in EVALUATION_STAGES
+            }
+        )
+
+    @abstractmethod
+    def frame_views(self, stage: str) -> dict[str, FrameSampler]:
+        """The views a batch must hold, view name -> sampler.
+
+        Args:
+            stage: the Lightning stage the loader serves: "fit" (training batches), "validate", "test" or
+                "predict".
+        """
+
+    @abstractmethod
+    def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
+        """Role ("teacher", "student") -> its outputs, for the roles whose views the batch holds."""
+
+    @abstractmethod
+    def losses(self, outputs: dict[str, ModelOutput], labels: Tensor) -> dict[str, Tensor]:
+        """Log name under ``train/`` -> weighted loss value; ``"loss"`` is the total that is minimised."""
+
+    def forward(self, view: FrameView) -> ModelOutput:
+        """Classify one view with ``encoder`` + ``head``."""
+        return classify(self.encoder, self.head, view)
+
+    def inference_network(self) -> InferenceNetwork:
+        """The encoder, head and sampler this module predicts with."""
+        return InferenceNetwork(self.encoder, self.head, self.sampler)
+
+    def setup(self, stage: str) -> None:
+        max_frames = getattr(self.trainer.datamodule, "max_frames", None)
+        if max_frames is not None:
+            for name, sampler in self.frame_views(stage).items():
+                if sampler.k is not None and sampler.k > max_frames:
+                    raise ConfigError(
+                        f"the {name} sampler takes k={sampler.k} frames but the data keeps max_frames={max_frames}: "
+                        f"use k <= {max_frames} or raise data max_frames"
+                    )
+
+    def training_step(self, batch: VideoBatch, batch_idx: int) -> Tensor:
+        losses = self.losses(self.model_step(batch), batch.labels)
+        self._raise_if_diverged(losses)
+        # Logged per step only, so no cross-rank reduction (sync_dist) is needed.
+        self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=len(batch))
+        return losses["loss"]
+
+    def validation_step(self, batch: VideoBatch, batch_idx: int) -> None:
+        self._update_metrics(batch, "val")
+
+    def test_step(self, batch: VideoBatch, batch_idx: int) -> None:
+        self._update_metrics(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: VideoBatch, batch_idx: int) -> dict[str, Any]:
+        """``{"video_ids": B ids, "probabilities": (B, C)}`` from the predicting role's view."""
+        output = self(batch.views[self.predicting_role])
+        return {"video_ids": list(batch.video_ids), "probabilities": output.probabilities}
+
+    def configure_optimizers(self) -> Any:
+        # Frozen parameters (a Serial student's teacher) stay out of the optimiser.
+        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        if self.lr_scheduler is None:
+            return optimizer
+        scheduler = {"scheduler": self.lr_scheduler(optimizer), "interval": "epoch"}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _update_metrics(self, batch: VideoBatch, stage: str) -> None:
+        outputs = self.model_step(batch)
+        for role, metric in self.metrics[stage].items():
+            metric.update(outputs[role].probabilities, batch.labels)
+
+    def _log_metrics(self, stage: str) -> None:
+        metrics = self.metrics[stage]
+        for role, metric in metrics.items():
+            prefix = f"{stage}/{role}/" if len(metrics) > 1 else f"{stage}/"
+            # compute() already gathers every rank's videos, so the values need no sync_dist.
+            self.log_dict({prefix + name: value.float() for name, value in metric.compute().items()})
+            metric.reset()
+
+    def _raise_if_diverged(self, losses: dict[str, Tensor]) -> None:
+        if bool(torch.isfinite(losses["loss"])):  # one device sync per step; the search below only on failure
+            return
+        # Deepest names first, so the message names the term that diverged, not a sum it poisoned.
+        for name in sorted(losses, key=lambda n: -n.count("/")):
+            value = float(losses[name])
+            if not math.isfinite(value):
+                term = name.rsplit("/", 1)[-1]
+                raise ConfigError(
+                    f"loss term {term!r} (train/{name}) became {value} at step {self.global_step}: "
+                    "lower its weight or the learning rate"
+                )
+
+
+def loss_log_names(parts: dict[str, Tensor], role: str = "") -> dict[str, Tensor]:
+    """``DistillLoss`` parts -> log names: ``"total"`` as ``<role>/loss``, each term as ``<role>/loss/<term>``."""
+    prefix = f"{role}/loss" if role else "loss"
+    return {prefix if name == "total" else f"{prefix}/{name}": value for name, value in parts.items()}
+
+
+def describe(encoder: VideoEncoder) -> str:
+    """``Family(size=..., ...)`` from ``encoder.architecture()``, for error messages."""
+    arch = dict(encoder.architecture())
+    family = arch.pop("family", type(encoder).__name__)
+    return f"{family}({', '.join(f'{key}={value}' for key, value in arch.items())})"
+
+
+def check_same_family(teacher: VideoEncoder, student: VideoEncoder, teacher_name: str) -> None:
+    """Raise ``ConfigError`` unless the two encoders have one architecture up to ``student_free_keys``.
+
+    Args:
+        teacher: the teacher's encoder.
+        student: the student's encoder.
+        teacher_name: how the message names the teacher, e.g. "teacher checkpoint t.ckpt".
+    """
+    free = set(teacher.student_free_keys) | set(student.student_free_keys)
+    fixed_teacher = {k: v for k, v in teacher.architecture().items() if k not in free}
+    fixed_student = {k: v for k, v in student.architecture().items() if k not in free}
+    if fixed_teacher != fixed_student:
+        raise ConfigError(
+            f"{teacher_name} is {describe(teacher)} but the student is {describe(student)}: "
+            "use a student of the teacher's family and sizes"
+        )
+
+
+def check_blocks(encoder: VideoEncoder, sampler: FrameSampler, role: str) -> None:
+    """Raise ``ConfigError`` unless a block encoder's blocks tile the sampler's k frames exactly.
+
+    An encoder that cuts the frames into blocks (H-RNN) reports ``block_length`` in its architecture; k frames
+    that it does not divide would leave a short last block on every video.
+    """
+    arch = encoder.architecture()
+    block = arch.get("block_length")
+    k = sampler.k
+    if block is None or k is None or k % block == 0:
+        return
+    divisors = [d for d in range(1, k + 1) if k % d == 0]
+    below = max((d for d in divisors if d < block), default=None)
+    above = min((d for d in divisors if d > block), default=None)
+    lengths = " or ".join(str(d) for d in (above, below) if d is not None)
+    ks = " or ".join(str(m) for m in ((k // block) * block, (k // block + 1) * block) if m > 0)
+    raise ConfigError(
+        f"k={k} is not a multiple of the {role}'s {arch.get('family', type(encoder).__name__)} "
+        f"block_length={block}: use block_length {lengths}, or k {ks}"
+    )
+
+
+def check_teacher_comparisons(criterion: DistillLoss, teacher_sampler: FrameSampler) -> None:
+    """Raise ``ConfigError`` if L_rep^I is asked of a teacher view whose slots are not the video's frames."""
+    uses_intermediate = any(isinstance(t, IntermediateRepresentationLoss) for t in criterion.terms.values())
+    if uses_intermediate and teacher_sampler.k is not None:
+        raise ConfigError(
+            "IntermediateRepresentationLoss reads the teacher's state at the student's frames, so the teacher must "
+            f"see all frames, but teacher_sampler keeps k={teacher_sampler.k}: use AllFramesSampler"
+        )

@@ -1,0 +1,195 @@
+"""Serial distillation: a k-frame student learns from a trained, frozen teacher (paper section 4, Serial)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_distill.data.batch import VideoBatch
+from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, UniformSampler
+from lightning_distill.errors import ConfigError
+from lightning_distill.models.encoder import VideoEncoder
+from lightning_distill.models.heads import ClassifierHead, LogisticHead
+from lightning_distill.training.checkpoints import read_checkpoint
+from lightning_distill.training.losses import (
+    ClassificationLoss,
+    DistillLoss,
+    LossTerm,
+    PredictionLoss,
+    RepresentationLoss,
+)
+from lightning_distill.training.module import (
+    VideoClassifierModule,
+    check_blocks,
+    check_same_family,
+    check_teacher_comparisons,
+    loss_log_names,
+)
+from lightning_distill.training.outputs import ModelOutput
+from lightning_distill.training.teacher import TeacherModule
+
+TEACHER_PREFIX = "teacher."
+
+
+def default_student_loss() -> dict[str, LossTerm]:
+    """L_rep + L_pred + L_CE, each with weight 1: the paper's best Serial student."""
+    return {"rep": RepresentationLoss(), "pred": PredictionLoss(), "ce": ClassificationLoss()}
+
+
+class StudentModule(VideoClassifierModule):
+    """A student that sees k frames, trained against a frozen teacher (Serial training).
+
+    The teacher is a ``TeacherModule`` checkpoint, loaded when fitting starts, frozen (eval mode, no
+    gradient) and run on the "teacher" view; the student runs on the "student" view. Its encoder must be of
+    the teacher's family and sizes (only e.g. H-RNN's block length may differ), and its head starts as a copy
+    of the teacher's trained head: the paper shares the classifier between teacher and student.
+
+    The teacher's weights are never written into the student's checkpoints, so validate, test and predict
+    need only the student's checkpoint (and read only the "student" view).
+
+    The paper's losses: ``{rep, ce}``, ``{pred}``, ``{pred, ce}``, ``{rep, pred, ce}`` (the default), plus
+    ``IntermediateRepresentationLoss`` (L_rep^I). ``{rep}`` alone is the paper's two-stage recipe: stage 1 fits
+    with ``loss: {rep: RepresentationLoss}`` (the head gets no gradient, so it stays the teacher's); stage 2 fits
+    again with ``teacher_checkpoint: null``, ``loss: {ce: ClassificationLoss}`` and ``init_from: <stage 1
+    checkpoint>``, fine-tuning the student's encoder and the teacher's head with L_CE.
+
+    Args:
+        encoder: the student's encoder.
+        teacher_checkpoint: a ``TeacherModule`` checkpoint; needed when a loss term compares with the teacher.
+        num_classes: C, linked from the data module.
+        sampler: the student's frames.
+        loss: term name -> ``LossTerm``; None gives L_rep + L_pred + L_CE with weights 1.
+        init_from: a ``StudentModule`` checkpoint whose encoder and head weights start this fit (stage 2 of the
+            L_rep recipe); otherwise the head starts from the teacher's and the encoder from scratch.
+        teacher_sampler: the teacher's frames.
+        head: builds the classifier as ``head(encoder.output_dim, num_classes)``; must build the teacher's kind
+            of head, whose weights it starts from.
+        optimizer: builds the optimiser from the student's parameters.
+        lr_scheduler: builds a per-epoch learning-rate schedule, or None for a constant rate.
+    """
+
+    evaluated_roles = ("student",)
+    predicting_role = "student"
+
+    def __init__(
+        self,
+        encoder: VideoEncoder,
+        teacher_checkpoint: str | None,
+        num_classes: int,
+        sampler: FrameSampler = lazy_instance(UniformSampler, k=30),
+        loss: dict[str, LossTerm] | None = None,
+        init_from: str | None = None,
+        teacher_sampler: FrameSampler = lazy_instance(AllFramesSampler),
+        head: Callable[[int, int], ClassifierHead] = LogisticHead,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler)
+        self.save_hyperparameters()
+        self.criterion = DistillLoss(default_student_loss() if loss is None else loss)
+        if self.criterion.needs_teacher and teacher_checkpoint is None:
+            needing = ", ".join(name for name, term in self.criterion.terms.items() if term.needs_teacher)
+            raise ConfigError(
+                f"loss terms {needing} compare with the teacher but teacher_checkpoint is not set: give the "
+                "TeacherModule's .ckpt, or use loss {ce: ClassificationLoss} alone"
+            )
+        check_teacher_comparisons(self.criterion, teacher_sampler)
+        self.teacher_checkpoint = teacher_checkpoint
+        self.init_from = init_from
+        self.teacher_sampler = teacher_sampler
+        # Loaded by setup("fit"): evaluating a student never needs its teacher.
+        self.teacher: TeacherModule | None = None
+
+    def frame_views(self, stage: str) -> dict[str, FrameSampler]:
+        if stage == "fit" and self.criterion.needs_teacher:
+            return {"teacher": self.teacher_sampler, "student": self.sampler}
+        return {"student": self.sampler}
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # Here, before Lightning moves the module to its device and restores a resumed fit's checkpoint.
+        if stage == "fit" and self.teacher_checkpoint is not None:
+            self.teacher = self._load_teacher(self.teacher_checkpoint)
+
+    def on_fit_start(self) -> None:
+        # Starting weights are for a fresh fit: a resumed one has restored its own by now (trainer.ckpt_path set).
+        if self.trainer.ckpt_path is not None:
+            return
+        if self.init_from is not None:
+            self._load_student_weights(self.init_from)
+        elif self.teacher is not None:
+            self.head.load_state_dict(self.teacher.head.state_dict())
+
+    def train(self, mode: bool = True) -> StudentModule:
+        # Lightning puts the whole module in train mode each epoch; the teacher must stay in eval mode
+        # (dropout off, batch-norm statistics frozen) to remain the fixed target it was trained to be.
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
+        outputs = {"student": self(batch.views["student"])}
+        if self.teacher is not None and self.criterion.needs_teacher and "teacher" in batch.views:
+            with torch.no_grad():
+                outputs["teacher"] = self.teacher(batch.views["teacher"])
+        return outputs
+
+    def losses(self, outputs: dict[str, ModelOutput], labels: Tensor) -> dict[str, Tensor]:
+        return loss_log_names(self.criterion(outputs["student"], outputs.get("teacher"), labels))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {
+            key: value for key, value in checkpoint["state_dict"].items() if not key.startswith(TEACHER_PREFIX)
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming a fit: the teacher is already loaded from teacher_checkpoint but absent from the file, so its
+        # weights are put back for the strict state-dict load.
+        if self.teacher is not None:
+            checkpoint["state_dict"].update(
+                {TEACHER_PREFIX + key: value for key, value in self.teacher.state_dict().items()}
+            )
+
+    def _load_teacher(self, path: str) -> TeacherModule:
+        if not Path(path).is_file():
+            raise ConfigError(f"teacher checkpoint {path} does not exist: train a TeacherModule with `vdistill fit`")
+        # Trusted as much as any --ckpt_path: the user names it in their own config.
+        teacher = TeacherModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        check_same_family(teacher.encoder, self.encoder, f"teacher checkpoint {path}")
+        check_blocks(teacher.encoder, self.teacher_sampler, "teacher")
+        _check_same_head(teacher.head, self.head, path)
+        teacher.freeze()
+        return teacher
+
+    def _load_student_weights(self, path: str) -> None:
+        state = read_checkpoint(path)["state_dict"]
+        for name, part in (("encoder", self.encoder), ("head", self.head)):
+            prefix = f"{name}."
+            weights = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+            try:
+                part.load_state_dict(weights)
+            except RuntimeError:
+                raise ConfigError(
+                    f"init_from {path} does not hold this student's {name} weights (missing or other sizes): "
+                    "give a checkpoint of a StudentModule with the same encoder and head"
+                ) from None
+
+
+def _check_same_head(teacher_head: nn.Module, student_head: nn.Module, path: str) -> None:
+    """Raise ``ConfigError`` unless the student's head can start from the teacher's weights."""
+    shapes = {key: value.shape for key, value in teacher_head.state_dict().items()}
+    if type(teacher_head) is not type(student_head) or shapes != {
+        key: value.shape for key, value in student_head.state_dict().items()
+    }:
+        raise ConfigError(
+            f"teacher checkpoint {path} has a {type(teacher_head).__name__} head of "
+            f"{teacher_head.num_classes} classes but the student's is a {type(student_head).__name__} of "
+            f"{student_head.num_classes}: configure the student's head and data as the teacher's"
+        )

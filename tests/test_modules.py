@@ -1,0 +1,483 @@
+"""The Lightning modules: teacher, Serial student, Parallel teacher + student, on tiny in-memory videos."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.cli import LightningCLI
+from torch.utils.data import DataLoader
+
+from lightning_distill.data.batch import FrameView, VideoBatch
+from lightning_distill.data.samplers import AllFramesSampler, FirstSampler, FrameSampler, UniformSampler
+from lightning_distill.errors import ConfigError
+from lightning_distill.models import HRNN, MoEHead, NetVLAD, NeXtVLAD
+from lightning_distill.training.losses import classification_loss
+from lightning_distill.training import (
+    ClassificationLoss,
+    DistillModule,
+    IntermediateRepresentationLoss,
+    LossTerm,
+    PredictionLoss,
+    RepresentationLoss,
+    StudentModule,
+    TeacherModule,
+    VideoClassifierModule,
+)
+
+NUM_CLASSES = 5
+DIM = 32  # small frames keep the tests fast; the encoders take input_dim as an argument
+MAX_FRAMES = 16
+
+
+class TinyVideos(L.LightningDataModule):
+    """Random videos whose labels are visible in every frame; serves the views the module asks for.
+
+    Frames are noise plus one fixed pattern per true class, so any encoder can learn the labels.
+    """
+
+    def __init__(self, num_videos: int = 24, batch_size: int = 8, seed: int = 0, max_frames: int = MAX_FRAMES):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.max_frames = max_frames
+        self.batch_size = batch_size
+        self.lengths = torch.randint(4, max_frames + 1, (num_videos,), generator=g)
+        self.labels = (torch.rand(num_videos, NUM_CLASSES, generator=g) < 0.4).float()
+        patterns = torch.randn(NUM_CLASSES, DIM, generator=g)
+        noise = 0.5 * torch.randn(num_videos, max_frames, DIM, generator=g)
+        self.frames = noise + (self.labels @ patterns)[:, None, :]
+        self.frames[torch.arange(max_frames)[None, :] >= self.lengths[:, None]] = 0.0
+        self.ids = [f"vid{i:03d}" for i in range(num_videos)]
+
+    def batches(self, views: dict[str, FrameSampler]) -> list[VideoBatch]:
+        out = []
+        for start in range(0, len(self.ids), self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            lengths = self.lengths[rows]
+            built = {}
+            for name, sampler in views.items():
+                positions = sampler.indices(lengths)
+                mask = positions >= 0
+                frames = self.frames[rows].gather(1, positions.clamp(min=0)[..., None].expand(-1, -1, DIM))
+                built[name] = FrameView(frames * mask[..., None], mask, positions)
+            out.append(VideoBatch(self.ids[rows], self.labels[rows], lengths, built))
+        return out
+
+    def _loader(self, stage: str) -> DataLoader:
+        # batch_size=None: the items already are batches; the identity collate keeps them VideoBatch objects.
+        batches = self.batches(self.trainer.lightning_module.frame_views(stage))
+        return DataLoader(batches, batch_size=None, collate_fn=lambda batch: batch)
+
+    def train_dataloader(self):
+        return self._loader("fit")
+
+    def val_dataloader(self):
+        return self._loader("validate")
+
+    def test_dataloader(self):
+        return self._loader("test")
+
+    def predict_dataloader(self):
+        return self._loader("predict")
+
+
+def trainer(**kwargs) -> L.Trainer:
+    settings = dict(
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    return L.Trainer(**{**settings, **kwargs})
+
+
+def hrnn(**kwargs) -> HRNN:
+    return HRNN.tiny(input_dim=DIM, **kwargs)
+
+
+def teacher_module(encoder=None, **kwargs) -> TeacherModule:
+    return TeacherModule(encoder or hrnn(), num_classes=NUM_CLASSES, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    """A TeacherModule (tiny H-RNN, blocks of 4) trained a few steps."""
+    torch.manual_seed(0)
+    module = teacher_module()
+    t = trainer(max_steps=6)
+    t.fit(module, datamodule=TinyVideos())
+    path = tmp_path_factory.mktemp("teacher") / "teacher.ckpt"
+    t.save_checkpoint(path)
+    return path
+
+
+def ce_on(module, data: TinyVideos) -> float:
+    """L_CE of the module's predicting model over all videos, in eval mode."""
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        batches = data.batches(module.frame_views("predict"))
+        ce = sum(
+            float(classification_loss(module(b.views[module.predicting_role]).probabilities, b.labels))
+            for b in batches
+        )
+    module.train(was_training)
+    return ce / len(batches)
+
+
+@pytest.mark.parametrize(
+    "encoder",
+    [lambda: hrnn(), lambda: NetVLAD.tiny(input_dim=DIM, rgb_dim=24), lambda: NeXtVLAD.tiny(input_dim=DIM, rgb_dim=24)],
+    ids=["HRNN", "NetVLAD", "NeXtVLAD"],
+)
+def test_teacher_loss_falls(encoder):
+    torch.manual_seed(0)
+    data = TinyVideos()
+    module = teacher_module(encoder(), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    before = ce_on(module, data)
+    trainer(max_steps=12).fit(module, datamodule=data)
+    assert ce_on(module, data) < 0.7 * before
+
+
+def test_teacher_logs_losses_and_metrics_and_predicts(tmp_path):
+    torch.manual_seed(0)
+    data = TinyVideos()
+    module = teacher_module()
+    t = trainer(max_steps=3, limit_val_batches=None, max_epochs=1)
+    t.fit(module, datamodule=data)
+    logged = set(t.callback_metrics)
+    assert {"train/loss", "train/loss/ce"} <= logged
+    assert {f"val/{m}" for m in ("gap", "map", "map_all_classes", "hit_at_one", "perr")} <= logged
+
+    predictions = t.predict(module, datamodule=data)
+    ids = [i for p in predictions for i in p["video_ids"]]
+    probs = torch.cat([p["probabilities"] for p in predictions])
+    assert ids == data.ids and probs.shape == (len(data.ids), NUM_CLASSES)
+
+    t.test(module, datamodule=data)
+    # test/hit_at_one against its definition on the predicted probabilities.
+    hit_at_one = data.labels.gather(1, probs.argmax(1, keepdim=True)).mean()
+    assert float(t.callback_metrics["test/hit_at_one"]) == pytest.approx(float(hit_at_one))
+
+
+def test_paper_optimiser_and_schedule_are_configured_per_epoch():
+    module = teacher_module(
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
+        lr_scheduler=lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.95),
+    )
+    config = module.configure_optimizers()
+    assert config["lr_scheduler"]["interval"] == "epoch"
+    assert config["lr_scheduler"]["scheduler"].gamma == 0.95
+    assert config["optimizer"].param_groups[0]["lr"] == 1e-3
+
+
+def test_frame_views_per_stage(teacher_ckpt):
+    all_frames, uniform = AllFramesSampler(), UniformSampler(8)
+    teacher = teacher_module(sampler=uniform)
+    for stage in ("fit", "validate", "test", "predict"):
+        assert teacher.frame_views(stage) == {"teacher": uniform}
+
+    student = StudentModule(hrnn(), str(teacher_ckpt), NUM_CLASSES, sampler=uniform, teacher_sampler=all_frames)
+    assert student.frame_views("fit") == {"teacher": all_frames, "student": uniform}
+    for stage in ("validate", "test", "predict"):
+        assert student.frame_views(stage) == {"student": uniform}
+    ce_only = StudentModule(hrnn(), None, NUM_CLASSES, sampler=uniform, loss={"ce": ClassificationLoss()})
+    assert ce_only.frame_views("fit") == {"student": uniform}
+
+    parallel = DistillModule(hrnn(), hrnn(), NUM_CLASSES, sampler=uniform, teacher_sampler=all_frames)
+    for stage in ("fit", "validate", "test"):
+        assert parallel.frame_views(stage) == {"teacher": all_frames, "student": uniform}
+    assert parallel.frame_views("predict") == {"student": uniform}
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_serial_student_keeps_teacher_frozen_and_starts_from_its_head(teacher_ckpt, tmp_path):
+    torch.manual_seed(0)
+    saved = torch.load(teacher_ckpt, weights_only=False)["state_dict"]
+    teacher_head = {k[len("head.") :]: v for k, v in saved.items() if k.startswith("head.")}
+    teacher_all = {k: v for k, v in saved.items() if k.startswith(("encoder.", "head."))}
+    # L_rep alone gives the head no gradient: after fitting it must still be the teacher's head exactly.
+    student = StudentModule(
+        hrnn(block_length=2),
+        str(teacher_ckpt),
+        NUM_CLASSES,
+        sampler=UniformSampler(4),
+        loss={"rep": RepresentationLoss()},
+    )
+    encoder_before = state(student.encoder)
+    t = trainer(max_steps=4)
+    t.fit(student, datamodule=TinyVideos())
+
+    assert same(state(student.head), teacher_head)
+    assert not same(state(student.encoder), encoder_before)
+    frozen = {k: v for k, v in state(student.teacher).items() if k in teacher_all}
+    assert same(frozen, teacher_all)
+    assert not student.teacher.training
+    assert not any(p.requires_grad for p in student.teacher.parameters())
+
+
+def test_serial_student_checkpoint_has_no_teacher_and_evaluates_without_it(teacher_ckpt, tmp_path):
+    torch.manual_seed(0)
+    teacher_copy = tmp_path / "teacher.ckpt"
+    teacher_copy.write_bytes(teacher_ckpt.read_bytes())
+    data = TinyVideos()
+    student = StudentModule(hrnn(block_length=2), str(teacher_copy), NUM_CLASSES, sampler=UniformSampler(4))
+    t = trainer(max_steps=3)
+    t.fit(student, datamodule=data)
+    student_ckpt = tmp_path / "student.ckpt"
+    t.save_checkpoint(student_ckpt)
+    expected = torch.cat([p["probabilities"] for p in trainer().predict(student, datamodule=data)])
+
+    keys = torch.load(student_ckpt, weights_only=False)["state_dict"].keys()
+    assert not any(k.startswith("teacher.") for k in keys)
+    assert any(k.startswith("encoder.") for k in keys) and any(k.startswith("head.") for k in keys)
+
+    teacher_copy.unlink()
+    restored = StudentModule.load_from_checkpoint(student_ckpt, weights_only=False)
+    assert restored.teacher is None
+    predicted = torch.cat([p["probabilities"] for p in trainer().predict(restored, datamodule=data)])
+    assert torch.equal(predicted, expected)
+    tester = trainer()
+    tester.test(restored, datamodule=data)
+    assert "test/gap" in tester.callback_metrics
+
+
+def test_serial_student_resumes_from_its_checkpoint(teacher_ckpt, tmp_path):
+    torch.manual_seed(0)
+    data = TinyVideos()
+    make = lambda: StudentModule(hrnn(), str(teacher_ckpt), NUM_CLASSES, sampler=UniformSampler(8))  # noqa: E731
+    first_module, first = make(), trainer(max_steps=2)
+    first.fit(first_module, datamodule=data)
+    path = tmp_path / "student.ckpt"
+    first.save_checkpoint(path)
+    teacher_saved = torch.load(teacher_ckpt, weights_only=False)["state_dict"]
+    assert not torch.equal(first_module.head.linear.weight, teacher_saved["head.linear.weight"])
+
+    started = {}
+
+    class Snapshot(L.Callback):
+        def on_train_start(self, trainer, module):
+            started.update(state(module.head))
+
+    resumed, second = make(), trainer(max_steps=4, callbacks=[Snapshot()])
+    # weights_only=False: modules built in Python (not by the CLI) pickle their encoder into the hyper-parameters.
+    second.fit(resumed, datamodule=data, ckpt_path=path, weights_only=False)
+    assert second.global_step == 4
+    # The resumed head is the checkpoint's, not re-initialised from the teacher's.
+    assert same(started, state(first_module.head))
+    teacher_now = state(resumed.teacher)
+    assert all(torch.equal(teacher_now[k], v) for k, v in teacher_saved.items() if k.startswith(("encoder.", "head.")))
+
+
+def test_two_stage_rep_recipe(teacher_ckpt, tmp_path):
+    """Stage 1 fits L_rep alone; stage 2 fits L_CE from the stage-1 weights, without the teacher."""
+    torch.manual_seed(0)
+    data = TinyVideos()
+    stage1 = StudentModule(
+        hrnn(block_length=2), str(teacher_ckpt), NUM_CLASSES, sampler=UniformSampler(4),
+        loss={"rep": RepresentationLoss()},
+    )
+    t1 = trainer(max_steps=3)
+    t1.fit(stage1, datamodule=data)
+    stage1_path = tmp_path / "stage1.ckpt"
+    t1.save_checkpoint(stage1_path)
+
+    stage2 = StudentModule(
+        hrnn(block_length=2), None, NUM_CLASSES, sampler=UniformSampler(4),
+        loss={"ce": ClassificationLoss()}, init_from=str(stage1_path),
+    )
+    assert stage2.frame_views("fit") == {"student": stage2.sampler}
+    started = {}
+
+    class Snapshot(L.Callback):
+        def on_train_start(self, trainer, module):
+            started.update(encoder=state(module.encoder), head=state(module.head))
+
+    t2 = trainer(max_steps=8, callbacks=[Snapshot()])
+    t2.fit(stage2, datamodule=data)
+    assert same(started["encoder"], state(stage1.encoder)) and same(started["head"], state(stage1.head))
+    assert stage2.teacher is None
+    assert ce_on(stage2, data) < ce_on(stage1, data)
+
+
+@pytest.mark.parametrize(
+    "student_encoder, names",
+    [
+        (lambda: NetVLAD.tiny(input_dim=DIM, rgb_dim=24), ("HRNN(", "NetVLAD(")),
+        (lambda: hrnn(hidden_size=8), ("hidden_size=16", "hidden_size=8")),
+    ],
+    ids=["family", "size"],
+)
+def test_student_of_another_architecture_is_a_config_error(teacher_ckpt, student_encoder, names):
+    student = StudentModule(student_encoder(), str(teacher_ckpt), NUM_CLASSES, sampler=UniformSampler(8))
+    with pytest.raises(ConfigError) as error:
+        trainer().fit(student, datamodule=TinyVideos())
+    message = str(error.value)
+    assert all(name in message for name in names) and "\n" not in message
+    assert "teacher checkpoint" in message and "use a student of the teacher's family" in message
+
+
+def test_student_head_of_another_kind_is_a_config_error(teacher_ckpt):
+    student = StudentModule(hrnn(), str(teacher_ckpt), NUM_CLASSES, sampler=UniformSampler(8), head=MoEHead)
+    with pytest.raises(ConfigError, match="LogisticHead head .* MoEHead"):
+        trainer().fit(student, datamodule=TinyVideos())
+
+
+def test_k_not_a_multiple_of_the_block_length_is_a_config_error():
+    with pytest.raises(ConfigError) as error:
+        StudentModule(hrnn(block_length=3), None, NUM_CLASSES, sampler=UniformSampler(10),
+                      loss={"ce": ClassificationLoss()})
+    assert str(error.value) == (
+        "k=10 is not a multiple of the student's HRNN block_length=3: use block_length 5 or 2, or k 9 or 12"
+    )
+
+
+def test_k_beyond_the_data_max_frames_is_a_config_error():
+    module = teacher_module(sampler=FirstSampler(MAX_FRAMES + 4))
+    with pytest.raises(ConfigError, match=f"k={MAX_FRAMES + 4} .* max_frames={MAX_FRAMES}"):
+        trainer().fit(module, datamodule=TinyVideos())
+
+
+def test_loss_needing_a_teacher_without_one_is_a_config_error():
+    with pytest.raises(ConfigError, match="rep, pred compare with the teacher"):
+        StudentModule(hrnn(), None, NUM_CLASSES, sampler=UniformSampler(8))
+
+
+def test_intermediate_loss_needs_an_all_frames_teacher():
+    with pytest.raises(ConfigError, match="AllFramesSampler"):
+        DistillModule(hrnn(), hrnn(), NUM_CLASSES, sampler=UniformSampler(4),
+                      teacher_sampler=UniformSampler(8), loss={"rep_i": IntermediateRepresentationLoss()})
+
+
+def teacher_encoder_grads(module: DistillModule, batch: VideoBatch, loss_name: str) -> dict[str, torch.Tensor]:
+    module.zero_grad()
+    module.losses(module.model_step(batch), batch.labels)[loss_name].backward()
+    return {n: p.grad.clone() for n, p in module.teacher_encoder.named_parameters()}
+
+
+def test_parallel_teacher_gets_no_gradient_from_the_student_losses():
+    torch.manual_seed(0)
+    module = DistillModule(
+        hrnn(block_length=2), hrnn(), NUM_CLASSES, sampler=UniformSampler(4),
+        loss={"rep": RepresentationLoss(), "rep_i": IntermediateRepresentationLoss(), "pred": PredictionLoss(),
+              "ce": ClassificationLoss()},
+    )
+    batch = TinyVideos().batches(module.frame_views("fit"))[0]
+    with_student = teacher_encoder_grads(module, batch, "loss")
+    head_with_student = module.head.linear.weight.grad.clone()
+    teacher_only = teacher_encoder_grads(module, batch, "teacher/loss")
+    head_teacher_only = module.head.linear.weight.grad.clone()
+    assert same(with_student, teacher_only)
+    assert any(g.abs().sum() > 0 for g in teacher_only.values())
+    # The one shared head does learn from the student's L_CE and L_pred.
+    assert not torch.equal(head_with_student, head_teacher_only)
+
+
+def test_parallel_logs_both_models():
+    torch.manual_seed(0)
+    module = DistillModule(hrnn(block_length=2), hrnn(), NUM_CLASSES, sampler=UniformSampler(4))
+    t = trainer(max_steps=3, limit_val_batches=None, max_epochs=1)
+    t.fit(module, datamodule=TinyVideos())
+    logged = set(t.callback_metrics)
+    assert {"train/loss", "train/teacher/loss", "train/student/loss", "train/student/loss/rep",
+            "train/student/loss/pred", "train/student/loss/ce"} <= logged
+    assert {"val/teacher/gap", "val/student/gap", "val/teacher/perr", "val/student/map"} <= logged
+
+
+class Diverging(LossTerm):
+    """A term whose value is infinite, as a far too large weight or learning rate would make it."""
+
+    needs_teacher = False
+
+    def forward(self, student, teacher, labels):
+        return student.probabilities.sum() * float("inf")
+
+
+def test_diverged_term_is_named():
+    module = DistillModule(hrnn(block_length=2), hrnn(), NUM_CLASSES, sampler=UniformSampler(4),
+                           loss={"ce": ClassificationLoss(), "blowup": Diverging()})
+    with pytest.raises(ConfigError, match=r"loss term 'blowup' \(train/student/loss/blowup\) became inf at step 0: "
+                                          "lower its weight or the learning rate"):
+        trainer().fit(module, datamodule=TinyVideos())
+
+
+def cli_model(class_name: str, init_args: dict) -> VideoClassifierModule:
+    """The module LightningCLI builds from YAML, as ``vdistill`` does (subclass mode on the base class)."""
+    cli = LightningCLI(
+        VideoClassifierModule,
+        subclass_mode_model=True,
+        run=False,
+        save_config_callback=None,
+        args={
+            "model": {"class_path": f"lightning_distill.training.{class_name}", "init_args": init_args},
+            "trainer": {"logger": False, "enable_checkpointing": False},
+        },
+    )
+    return cli.model
+
+
+def test_yaml_config_builds_the_modules_and_their_checkpoints_rebuild_alone(tmp_path):
+    """The constructor type hints are the YAML schema; a CLI-built module's checkpoint needs no config."""
+    data = TinyVideos()
+    encoder = {"class_path": "lightning_distill.models.HRNN", "init_args": {"input_dim": DIM, "hidden_size": 16}}
+    teacher = cli_model("TeacherModule", {"encoder": encoder, "num_classes": NUM_CLASSES})
+    t = trainer(max_steps=1)
+    t.fit(teacher, datamodule=data)
+    teacher_path = tmp_path / "teacher.ckpt"
+    t.save_checkpoint(teacher_path)
+
+    student = cli_model(
+        "StudentModule",
+        {
+            "encoder": {**encoder, "init_args": {**encoder["init_args"], "block_length": 2}},
+            "teacher_checkpoint": str(teacher_path),
+            "num_classes": NUM_CLASSES,
+            "sampler": {"class_path": "lightning_distill.data.samplers.UniformSampler", "init_args": {"k": 4}},
+            "loss": {
+                "ce": "ClassificationLoss",
+                "pred": {"class_path": "PredictionLoss", "init_args": {"weight": 0.01, "distance": "squared"}},
+            },
+            "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3}},
+            "lr_scheduler": {"class_path": "torch.optim.lr_scheduler.ExponentialLR", "init_args": {"gamma": 0.95}},
+        },
+    )
+    assert student.criterion.terms["pred"].weight == 0.01 and student.criterion.terms["pred"].distance == "squared"
+    assert isinstance(student.sampler, UniformSampler) and student.sampler.k == 4
+    assert isinstance(student.teacher_sampler, AllFramesSampler)
+    assert student.configure_optimizers()["lr_scheduler"]["scheduler"].gamma == 0.95
+
+    t = trainer(max_steps=1)
+    t.fit(student, datamodule=data)
+    path = tmp_path / "student.ckpt"
+    t.save_checkpoint(path)
+    # Plain-data hyper-parameters: the checkpoint loads with torch's safe (weights_only) unpickler.
+    restored = StudentModule.load_from_checkpoint(path, weights_only=True)
+    assert restored.criterion.terms["pred"].weight == 0.01
+    assert same(state(restored), {k: v for k, v in state(student).items() if not k.startswith("teacher.")})
+
+
+def test_yaml_head_callable_builds_the_configured_head():
+    module = cli_model(
+        "TeacherModule",
+        {
+            "encoder": {
+                "class_path": "lightning_distill.models.NetVLAD",
+                "init_args": {"input_dim": DIM, "rgb_dim": 24, "num_clusters": 4, "hidden_size": 32},
+            },
+            "num_classes": NUM_CLASSES,
+            "head": {"class_path": "lightning_distill.models.heads.MoEHead", "init_args": {"num_mixtures": 3}},
+        },
+    )
+    assert isinstance(module.head, MoEHead) and module.head.num_mixtures == 3
+    assert (module.head.input_dim, module.head.num_classes) == (32, NUM_CLASSES)
