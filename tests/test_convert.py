@@ -1,0 +1,186 @@
+"""``convert``: TFRecords written by protobuf round-trip bit-exactly; reruns, parallelism, locking, bad inputs."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from tfrecord import example_pb2
+
+from lightning_distill.data import FrameStore
+from lightning_distill.data.convert import convert
+from lightning_distill.errors import DataError
+from yt8m_writer import (
+    SHARED,
+    frame_level_example,
+    framed_payloads,
+    needs_real_shards,
+    random_video,
+    video_level_example,
+    write_tfrecord,
+)
+
+
+def make_videos(seed: int, lengths: list[int]) -> list[tuple[str, list[int] | None, np.ndarray, np.ndarray]]:
+    """Videos with 0-3 labels; the second has no labels key at all."""
+    rng = np.random.default_rng(seed)
+    videos = []
+    for i, n in enumerate(lengths):
+        labels = None if i == 1 else [int(x) for x in rng.choice(3862, i % 4, replace=False)]
+        videos.append((f"{seed:02d}{i:02d}", labels, *random_video(rng, n)))
+    return videos
+
+
+@pytest.fixture
+def shards(tmp_path) -> tuple[Path, list[list[tuple]]]:
+    """Three shards in a folder, written out of name order; one video of 305 frames, labels empty or absent."""
+    source = tmp_path / "src"
+    source.mkdir()
+    contents = {2: make_videos(2, [4, 2]), 0: make_videos(0, [3, 305, 1]), 1: make_videos(1, [6])}
+    for index, videos in contents.items():
+        records = [frame_level_example(*v, segment_fields=index == 1) for v in videos]  # 2019 fields in one shard
+        write_tfrecord(source / f"train{index:04d}.tfrecord", records)
+    return source, [contents[i] for i in sorted(contents)]
+
+
+def assert_store_holds(path: Path, videos: list[tuple], max_frames: int = 300) -> None:
+    store = FrameStore(path)
+    assert store.video_ids == [v[0] for v in videos]
+    assert store.lengths.tolist() == [min(len(v[2]), max_frames) for v in videos]
+    for i, (_, labels, rgb, audio) in enumerate(videos):
+        record = store[i]
+        assert record.labels.tolist() == (labels or [])
+        assert np.array_equal(record.rgb, rgb[:max_frames]) and np.array_equal(record.audio, audio[:max_frames])
+
+
+def store_contents(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {**{name: f[name][:].tolist() for name in f}, **{k: str(v) for k, v in f.attrs.items()}}
+
+
+def test_frame_level_round_trip(shards, tmp_path):
+    source, contents = shards
+    result = convert(str(source / "train*.tfrecord"), tmp_path / "train.h5", progress=False)
+    assert (result.videos, result.skipped) == (6, False)
+    assert_store_holds(tmp_path / "train.h5", [v for videos in contents for v in videos])
+    store = FrameStore(tmp_path / "train.h5")
+    assert (store.level, store.source_version, store.num_classes, store.max_frames) == ("frame", "2018", 3862, 300)
+    assert [s["path"] for s in store.manifest["sources"]] == [str(p) for p in sorted(source.resolve().glob("*"))]
+
+
+def test_parallel_conversion_is_identical(shards, tmp_path):
+    source, _ = shards
+    inputs = [str(p) for p in source.glob("*")]  # unsorted on purpose
+    convert(inputs, tmp_path / "one.h5", workers=1, max_frames=5, progress=False)
+    convert(inputs, tmp_path / "two.h5", workers=2, max_frames=5, progress=False)
+    assert store_contents(tmp_path / "one.h5") == store_contents(tmp_path / "two.h5")
+    assert FrameStore(tmp_path / "two.h5").lengths.max() == 5
+
+
+def test_rerun_skips_and_changes_rebuild(shards, tmp_path):
+    source, contents = shards
+    output = tmp_path / "train.h5"
+    pattern = str(source / "train*.tfrecord")
+    convert(pattern, output, progress=False)
+    before = output.stat()
+    again = convert(pattern, output, progress=True)
+    assert again.skipped and again.videos == 6
+    assert (output.stat().st_ino, output.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    extra = make_videos(9, [2])
+    write_tfrecord(source / "train0009.tfrecord", [frame_level_example(*v) for v in extra])
+    rebuilt = convert(pattern, output, progress=False)
+    assert not rebuilt.skipped and output.stat().st_ino != before.st_ino
+    assert_store_holds(output, [v for videos in contents for v in videos] + extra)
+    assert not convert(pattern, output, max_frames=100, progress=False).skipped  # options count too
+
+
+def test_2017_records_and_class_override(tmp_path):
+    videos = make_videos(5, [2, 3, 2])  # the third video has two labels, the others none
+    write_tfrecord(tmp_path / "a.tfrecord", [frame_level_example(*v, id_key="video_id") for v in videos])
+    convert(str(tmp_path / "a.tfrecord"), tmp_path / "s.h5", progress=False)
+    assert (FrameStore(tmp_path / "s.h5").source_version, FrameStore(tmp_path / "s.h5").num_classes) == ("2017", 4716)
+    assert_store_holds(tmp_path / "s.h5", videos)
+    with pytest.raises(DataError, match=r"a.tfrecord: record 2: label \d+ is outside \[0, 10\)"):
+        convert(str(tmp_path / "a.tfrecord"), tmp_path / "t.h5", num_classes=10, progress=False)
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.suffix != ".tfrecord")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_corrupt_record_leaves_no_store_and_keeps_the_old_one(shards, tmp_path, workers):
+    source, _ = shards
+    output = tmp_path / "train.h5"
+    pattern = str(source / "train*.tfrecord")
+    convert(pattern, output, progress=False)
+    old = output.read_bytes()
+    records = [frame_level_example(*v) for v in make_videos(1, [6, 2, 3])]
+    bad = write_tfrecord(source / "train0001.tfrecord", records, corrupt="data_crc", at=2)
+    with pytest.raises(DataError, match=rf"{bad.resolve()}: record 2: data CRC mismatch"):
+        convert(pattern, output, workers=workers, progress=False)
+    assert output.read_bytes() == old
+    assert leftovers(tmp_path) == ["src", "train.h5", "train.h5.lock"]
+    fresh = tmp_path / "fresh.h5"
+    with pytest.raises(DataError):
+        convert(pattern, fresh, workers=workers, progress=False)
+    assert not fresh.exists() and leftovers(tmp_path) == ["fresh.h5.lock", "src", "train.h5", "train.h5.lock"]
+
+
+def test_bad_arguments(shards, tmp_path):
+    source, _ = shards
+    with pytest.raises(DataError, match=r"nowhere/\*.tfrecord: matches no file"):
+        convert(str(tmp_path / "nowhere" / "*.tfrecord"), tmp_path / "s.h5", progress=False)
+    with pytest.raises(DataError, match="output directory .*missing does not exist"):
+        convert(str(source / "*.tfrecord"), tmp_path / "missing" / "s.h5", progress=False)
+
+
+def test_mixed_formats_are_refused(shards, tmp_path):
+    source, _ = shards
+    write_tfrecord(source / "train0005.tfrecord", [video_level_example("vv", [1], np.zeros(1024), np.zeros(128))])
+    expected = "train0005.tfrecord: video-level 2018 records, but .*train0000.tfrecord holds frame-level"
+    with pytest.raises(DataError, match=expected):
+        convert(str(source / "*.tfrecord"), tmp_path / "s.h5", progress=False)
+
+
+def test_leftovers_of_a_killed_run_are_removed(shards, tmp_path):
+    source, _ = shards
+    (tmp_path / ".train.h5.tmp-dead").write_bytes(b"partial")
+    (tmp_path / ".train.h5.tmp-deaddir").mkdir()
+    convert(str(source / "*.tfrecord"), tmp_path / "train.h5", progress=False)
+    assert leftovers(tmp_path) == ["src", "train.h5", "train.h5.lock"]
+
+
+def _convert_in_process(pattern: str, output: str, queue) -> None:
+    queue.put(convert(pattern, output, progress=False).skipped)
+
+
+def test_concurrent_conversions_convert_once(shards, tmp_path):
+    source, _ = shards
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    args = (str(source / "*"), str(tmp_path / "s.h5"), queue)
+    processes = [context.Process(target=_convert_in_process, args=args) for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert sorted(queue.get(timeout=1) for _ in processes) == [False, True]
+
+
+@needs_real_shards
+def test_real_video_level_shards(tmp_path):
+    result = convert([str(SHARED / "validate000*.tfrecord")], tmp_path / "v.h5", workers=2, progress=False)
+    store = FrameStore(result.path)
+    assert (len(store), store.level, store.dtype, store.max_frames) == (589, "video", np.float32, 1)
+    payloads = framed_payloads(SHARED / "validate0000.tfrecord") + framed_payloads(SHARED / "validate0001.tfrecord")
+    for index in (0, 283, 284, 588):
+        feature = example_pb2.Example.FromString(payloads[index]).features.feature
+        record = store[index]
+        assert record.video_id == feature["id"].bytes_list.value[0].decode()
+        assert record.labels.tolist() == list(feature["labels"].int64_list.value)
+        assert np.array_equal(record.rgb[0], np.array(feature["mean_rgb"].float_list.value, np.float32))
+        assert np.array_equal(record.audio[0], np.array(feature["mean_audio"].float_list.value, np.float32))
