@@ -1,0 +1,282 @@
+"""``YT8MDataModule``: YouTube-8M splits as frame stores, batches of the views the LightningModule asks for.
+
+Each split is given as TFRecords (converted once, by ``prepare_data``, to ``<store_dir>/<split>.h5``) or as an
+existing frame store. Loaders yield ``VideoBatch``es of uint8 frames; ``on_after_batch_transfer`` dequantises
+and normalises them on the device. Which views a batch holds is the LightningModule's call (``ViewProvider``):
+a teacher needs all frames, a student its k, distillation both, read from disk once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import lightning as L
+import numpy as np
+import torch
+from jsonargparse import lazy_instance
+from torch.utils.data import DataLoader
+
+from lightning_distill.data.batch import VideoBatch
+from lightning_distill.data.convert import convert, resolve_inputs
+from lightning_distill.data.frame_store import FrameStore
+from lightning_distill.data.loading import ThreadedDataLoader, VideoBatchDataset, VideoBatchSampler
+from lightning_distill.data.normalization import FeatureNormalizer, FrameL2Normalization
+from lightning_distill.data.samplers import FrameSampler
+from lightning_distill.data.yt8m import DEQUANT_BIAS, DEQUANT_SCALE, MAX_FRAMES
+from lightning_distill.data.yt8m_records import detect_format
+from lightning_distill.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test", "predict")
+# The splits each Lightning stage reads.
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+STORE_SUFFIXES = (".h5", ".hdf5")
+
+
+@runtime_checkable
+class ViewProvider(Protocol):
+    """A LightningModule that says which frame views its batches must hold."""
+
+    def frame_views(self, stage: str) -> dict[str, FrameSampler]:
+        """View name -> sampler for the loader of ``stage`` ("fit", "validate", "test" or "predict")."""
+
+
+class YT8MDataModule(L.LightningDataModule):
+    """YouTube-8M (or synthetic) videos from HDF5 frame stores, batched with the views the model asks for.
+
+    Args:
+        train_files: training videos: a glob of TFRecord shards ('DIR/train*.tfrecord', several separated by
+            commas) or the path of an existing frame store (.h5).
+        val_files: validation videos, as ``train_files``; default: a ``val_fraction`` carved out of train.
+        test_files: test videos, as ``train_files``.
+        predict_files: videos to predict (labels may be absent), as ``train_files``.
+        store_dir: where TFRecord splits are converted to: ``<store_dir>/<split>.h5`` (split in train, val,
+            test, predict).
+        num_classes: label vocabulary size; default: the store's, or detected from the first TFRecord
+            (3862 for 2018+ records, 4716 for 2017).
+        batch_size: videos per batch.
+        num_workers: DataLoader worker processes (needs ``reader_threads: 0``); 0 reads in the training process.
+        reader_threads: threads of the training process that read batches ahead (the default), instead of
+            worker processes. Batches are read whole from a memory map, so a thread releases the GIL while it
+            copies, and a teacher batch (about 48 MB) costs more to pass between processes than to read: 6x
+            faster than 2 workers in ``benchmarks/loader.py``.
+        max_frames: frames per video at most; the teacher view holds the batch's longest video up to this.
+        normalization: applied on the device to dequantised frames.
+        val_fraction: share of the training videos held out for validation when ``val_files`` is not given
+            (0 disables validation); the split is fixed by ``seed``.
+        seed: seeds the training order and random frame draws (both change every epoch), the validation
+            carve-out and the evaluation-time random draws (fixed).
+        verify_crc: check every record's CRC32C while converting TFRecords.
+        convert_workers: processes converting shards in parallel.
+        views: view name -> sampler for every stage; default: ask the LightningModule (``frame_views``).
+    """
+
+    def __init__(
+        self,
+        train_files: str | None = None,
+        val_files: str | None = None,
+        test_files: str | None = None,
+        predict_files: str | None = None,
+        store_dir: str = "data/stores",
+        num_classes: int | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        reader_threads: int = 2,
+        max_frames: int = MAX_FRAMES,
+        normalization: FeatureNormalizer = lazy_instance(FrameL2Normalization),
+        val_fraction: float = 0.05,
+        seed: int = 0,
+        verify_crc: bool = True,
+        convert_workers: int = 1,
+        views: dict[str, FrameSampler] | None = None,
+    ) -> None:
+        super().__init__()
+        _check_settings(batch_size, num_workers, reader_threads, max_frames, val_fraction, num_classes)
+        self.sources = {"train": train_files, "val": val_files, "test": test_files, "predict": predict_files}
+        self.store_dir = Path(store_dir)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.reader_threads = reader_threads
+        self.max_frames = max_frames
+        self.normalization = normalization
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.verify_crc = verify_crc
+        self.convert_workers = convert_workers
+        self.views = views
+        self._num_classes = num_classes  # resolved lazily by the num_classes property
+        self._configured_classes = num_classes  # what conversion is told: None lets it detect the source version
+        self._stores: dict[str, FrameStore] = {}
+        self._videos: dict[str, np.ndarray] = {}
+
+    @property
+    def num_classes(self) -> int:
+        """The label vocabulary size, known right after construction (LightningCLI links it to the model).
+
+        The configured value, else the first given split's: a store's attribute, or detected from the first
+        record of its TFRecords (3862 for 2018+, 4716 for 2017) before any conversion.
+        """
+        if self._num_classes is None:
+            self._num_classes = self._find_num_classes()
+        return self._num_classes
+
+    def store_path(self, split: str) -> Path:
+        """The frame store a split is read from: the given .h5, or ``<store_dir>/<split>.h5``."""
+        source = self.sources[split]
+        if source is not None and _is_store(source):
+            return Path(source)
+        return self.store_dir / f"{split}.h5"
+
+    def prepare_data(self) -> None:
+        """Convert every split given as TFRecords to its store (skipped when up to date; lock-protected)."""
+        for split, source in self.sources.items():
+            if source is None or _is_store(source):
+                continue
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+            convert(
+                _shards(split, source),
+                self.store_path(split),
+                workers=self.convert_workers,
+                verify_crc=self.verify_crc,
+                max_frames=self.max_frames,
+                num_classes=self._configured_classes,
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the stores ``stage`` reads (all given splits when None) and carve validation out of train."""
+        splits = STAGE_SPLITS[stage] if stage else SPLITS
+        if stage == "fit" and self.sources["train"] is None:
+            raise ConfigError("fit needs training data: set data.train_files to TFRecords or a frame store")
+        carve = "val" in splits and self.sources["val"] is None and self.sources["train"] is not None
+        # Carving validation out of train needs the train store, even when only validating.
+        for split in {*splits, "train"} if carve else splits:
+            if self.sources[split] is not None:
+                self._open(split)
+        if carve:
+            self._carve_validation()
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", "fit", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        # No validation data (no val_files and val_fraction = 0): Lightning skips validation on an empty list.
+        return self._loader("val", "validate", shuffle=False) if "val" in self._videos else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", "test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", "predict", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: VideoBatch, dataloader_idx: int) -> VideoBatch:
+        """On the device: uint8 -> float32 ``q * 4/255 + 4/512 - 2``, exact zeros at padding, then normalise."""
+        for view in batch.views.values():
+            frames = view.frames
+            if frames.dtype == torch.uint8:
+                frames = (frames.float() * DEQUANT_SCALE + DEQUANT_BIAS).masked_fill_(~view.mask[..., None], 0.0)
+            view.frames = self.normalization(frames, view.mask)
+        return batch
+
+    def _loader(self, split: str, stage: str, shuffle: bool) -> DataLoader:
+        if split not in self._videos:
+            self.setup(stage)
+        if split not in self._videos:
+            raise ConfigError(f"no {split} data: set data.{split}_files to TFRecords or a frame store")
+        videos = self._videos[split]
+        return ThreadedDataLoader(
+            VideoBatchDataset(self._stores[split], videos, self._views(stage), self.max_frames),
+            reader_threads=self.reader_threads,
+            # Batches come whole from the sampler: batch_size=None turns off per-sample collation.
+            sampler=VideoBatchSampler(len(videos), self.batch_size, shuffle=shuffle, seed=self.seed),
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _views(self, stage: str) -> dict[str, FrameSampler]:
+        if self.views is not None:
+            return self.views
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if not isinstance(module, ViewProvider):
+            raise ConfigError(
+                "the data module does not know which frame views to load: pass data.views, or train a "
+                "LightningModule that implements frame_views(stage)"
+            )
+        return module.frame_views(stage)
+
+    def _open(self, split: str) -> None:
+        path = self.store_path(split)
+        if not path.is_file():
+            hint = "pass an existing frame store" if _is_store(self.sources[split]) else "run prepare_data() first"
+            raise DataError(f"{path}: the {split} frame store does not exist; {hint}")
+        store = FrameStore(path)
+        if store.num_classes != self.num_classes:
+            raise ConfigError(
+                f"{path} has {store.num_classes} classes but num_classes is {self.num_classes}: "
+                "set data.num_classes to match the data, or convert the split again"
+            )
+        self._stores[split] = store
+        self._videos[split] = np.arange(len(store))
+
+    def _carve_validation(self) -> None:
+        """Hold out ``val_fraction`` of train (at least one video), the same videos for the same seed."""
+        store = self._stores["train"]
+        if self.val_fraction == 0 or len(store) < 2:
+            self._videos.pop("val", None)
+            return
+        order = np.random.default_rng(self.seed).permutation(len(store))
+        cut = min(max(round(len(store) * self.val_fraction), 1), len(store) - 1)
+        self._stores["val"] = store
+        self._videos["val"] = np.sort(order[:cut])
+        self._videos["train"] = np.sort(order[cut:])
+
+    def _find_num_classes(self) -> int:
+        """From the first given split: a store's attribute, or the format of its first TFRecord's first record."""
+        for split, source in self.sources.items():
+            if source is not None:
+                if _is_store(source):
+                    return FrameStore(self.store_path(split)).num_classes
+                return detect_format(_shards(split, source)[0], verify_crc=self.verify_crc).num_classes
+        raise ConfigError("num_classes is unknown without data: set data.num_classes or data.train_files")
+
+
+def _is_store(source: str) -> bool:
+    return source.endswith(STORE_SUFFIXES)
+
+
+def _shards(split: str, source: str) -> list[Path]:
+    """The TFRecord files a comma-separated list of paths and globs names; DataError naming the split if any
+    pattern matches nothing."""
+    try:
+        return resolve_inputs([p.strip() for p in source.split(",") if p.strip()])
+    except DataError as error:
+        raise DataError(f"data.{split}_files: {error}") from None
+
+
+def _check_settings(
+    batch_size: int,
+    num_workers: int,
+    reader_threads: int,
+    max_frames: int,
+    val_fraction: float,
+    num_classes: int | None,
+) -> None:
+    """ConfigError naming the first out-of-range setting."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    if num_workers < 0 or reader_threads < 0:
+        raise ConfigError(f"num_workers={num_workers} and reader_threads={reader_threads} must be >= 0")
+    if num_workers and reader_threads:
+        raise ConfigError(
+            f"num_workers={num_workers} and reader_threads={reader_threads}: read in worker processes or in "
+            "threads, not both; set one of them to 0"
+        )
+    if max_frames < 1:
+        raise ConfigError(f"max_frames={max_frames} must be >= 1")
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"val_fraction={val_fraction} must be in [0, 1)")
+    if num_classes is not None and num_classes < 1:
+        raise ConfigError(f"num_classes={num_classes} must be >= 1")
+
+
+__all__ = ["SPLITS", "ViewProvider", "YT8MDataModule"]

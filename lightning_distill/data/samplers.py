@@ -1,0 +1,228 @@
+"""Frame samplers: which frames of each video a model sees.
+
+The teacher sees every frame (``AllFramesSampler``); a student sees k frames chosen by one of the paper's
+selection schemes (Uniform-k, Random-k, First-k, Middle-k, Last-k, First-Middle-Last-k). Samplers live in the
+data path, not in the model, so the loader reads only the chosen frames from disk.
+
+Every k-frame sampler places its k slots over the video's TRUE length. A video shorter than k still fills all
+k slots: the sampler chooses k positions on a virtual length ``V = max(length, k)`` and maps position v to
+frame ``floor(v * length / V)``. For videos at least k frames long that map is the identity; a shorter video
+gets every one of its frames, each repeated once or more, evenly (length 3, k = 4 -> frames 0, 0, 1, 2). The
+map is monotone, so indices stay sorted and within [0, length - 1], and a model always sees exactly k real
+frames. Only ``UniformSampler(over_padded=True)`` (the paper authors' variant) leaves padding in a k view.
+
+In YAML a sampler is chosen by class path::
+
+    class_path: lightning_distill.data.samplers.UniformSampler
+    init_args: {k: 30}
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from lightning_distill.data.yt8m import MAX_FRAMES
+from lightning_distill.errors import ConfigError
+
+
+class FrameSampler(ABC):
+    """Chooses frame indices per video from each video's true length.
+
+    ``indices`` returns a (B, T) long tensor of frame indices into each video, sorted along T; -1 marks a
+    padding slot. k-frame samplers return T = k and fill every slot with a real frame (see the module
+    docstring); ``AllFramesSampler`` returns T = the batch's longest video and pads shorter ones. Random
+    samplers draw from the ``generator`` they are given (torch's global generator when None): the data module
+    seeds one per batch from (seed, epoch, batch number), so training draws anew every epoch while
+    validation/test/predict draws are the same every time.
+
+    Attributes:
+        k: frames per video in this view; None for all frames (the teacher view).
+    """
+
+    k: int | None = None
+
+    @abstractmethod
+    def indices(self, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B,) long true lengths (>= 1) -> (B, T) long frame indices, -1 at padding."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(k={self.k})"
+
+
+class AllFramesSampler(FrameSampler):
+    """Every frame: 0 .. length - 1, padded with -1 up to the batch's longest video (the teacher view)."""
+
+    def indices(self, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B,) -> (B, max(lengths)) long."""
+        steps = torch.arange(int(lengths.max()), device=lengths.device)
+        return torch.where(steps < lengths[:, None], steps, -1)
+
+
+class KFrameSampler(FrameSampler):
+    """Base of the k-frame (student) samplers: validates k and maps virtual positions onto short videos.
+
+    Subclasses implement ``virtual_indices``: k sorted, distinct positions in [0, V - 1] for V = max(length, k).
+
+    Args:
+        k: frames kept per video (>= 1).
+    """
+
+    def __init__(self, k: int) -> None:
+        if k < 1:
+            raise ConfigError(f"{type(self).__name__}(k={k}): k must be >= 1 (frames per video)")
+        self.k = k
+
+    @abstractmethod
+    def virtual_indices(self, virtual_lengths: Tensor, generator: torch.Generator | None) -> Tensor:
+        """(B,) virtual lengths V >= k -> (B, k) sorted distinct positions in [0, V - 1]."""
+
+    def indices(self, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B,) -> (B, k) long, sorted, every slot a real frame (short videos repeat frames)."""
+        virtual = lengths.clamp(min=self.k)
+        positions = self.virtual_indices(virtual, generator)
+        return positions * lengths[:, None] // virtual[:, None]
+
+
+class UniformSampler(KFrameSampler):
+    """Uniform-k: the centres of k equal segments of the video (the paper's best selection).
+
+    Slot i holds frame ``floor((2i + 1) * length / (2k))``; for length 300 and k = 30 that is 5, 15, ..., 295.
+    Videos shorter than k repeat frames evenly (see the module docstring).
+
+    Args:
+        k: frames kept per video.
+        over_padded: the paper authors' variant: a fixed stride ``max_frames // k`` over the zero-padded
+            ``max_frames`` tensor (frames 0, stride, 2 * stride, ...) whatever the video's length, so slots past
+            a short video's end are padding (-1) and the model sees fewer than k real frames.
+        max_frames: the padded length the authors' stride is computed over (only used with ``over_padded``).
+    """
+
+    def __init__(self, k: int, over_padded: bool = False, max_frames: int = MAX_FRAMES) -> None:
+        super().__init__(k)
+        if over_padded and k > max_frames:
+            raise ConfigError(f"UniformSampler(k={k}, over_padded=True) needs k <= max_frames={max_frames}")
+        self.over_padded = over_padded
+        self.max_frames = max_frames
+
+    def virtual_indices(self, virtual_lengths: Tensor, generator: torch.Generator | None) -> Tensor:
+        """(B,) -> (B, k): segment centres, in integer arithmetic so no rounding depends on float error."""
+        odd = 2 * torch.arange(self.k, device=virtual_lengths.device) + 1
+        return odd * virtual_lengths[:, None] // (2 * self.k)
+
+    def indices(self, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B,) -> (B, k) long; with ``over_padded``, -1 where the fixed stride passes the video's end."""
+        if not self.over_padded:
+            return super().indices(lengths, generator)
+        strided = torch.arange(self.k, device=lengths.device) * (self.max_frames // self.k)
+        return torch.where(strided < lengths[:, None], strided, -1)
+
+    def __repr__(self) -> str:
+        return f"UniformSampler(k={self.k}, over_padded={self.over_padded}, max_frames={self.max_frames})"
+
+
+class RandomSampler(KFrameSampler):
+    """Random-k: k distinct frames drawn uniformly, sorted (short videos get every frame, evenly repeated).
+
+    A fresh draw each call from ``generator`` (torch's global generator when None), so training sees different
+    frames every epoch while a fixed-seed generator makes evaluation repeatable.
+
+    Args:
+        k: frames kept per video.
+    """
+
+    def virtual_indices(self, virtual_lengths: Tensor, generator: torch.Generator | None) -> Tensor:
+        """(B,) -> (B, k): the k smallest of i.i.d. uniform keys is a uniform k-subset, drawn for all B at once."""
+        width = int(virtual_lengths.max())
+        keys = torch.rand(len(virtual_lengths), width, generator=generator, device=virtual_lengths.device)
+        beyond = torch.arange(width, device=virtual_lengths.device) >= virtual_lengths[:, None]
+        keys.masked_fill_(beyond, 2.0)  # keys are < 1, so positions past V are never among the k smallest
+        return keys.topk(self.k, dim=1, largest=False).indices.sort(dim=1).values
+
+
+class WindowSampler(KFrameSampler):
+    """k consecutive frames starting at ``floor(fraction * (V - k))``: First-k, Middle-k, Last-k.
+
+    Args:
+        k: frames kept per video.
+    """
+
+    fraction: tuple[int, int]  # (numerator, denominator): 0/1 first, 1/2 middle, 1/1 last
+
+    def virtual_indices(self, virtual_lengths: Tensor, generator: torch.Generator | None) -> Tensor:
+        """(B,) -> (B, k): one window of k consecutive positions."""
+        numerator, denominator = self.fraction
+        start = (virtual_lengths - self.k) * numerator // denominator
+        return start[:, None] + torch.arange(self.k, device=virtual_lengths.device)
+
+
+class FirstSampler(WindowSampler):
+    """First-k: frames 0 .. k - 1.
+
+    Args:
+        k: frames kept per video.
+    """
+
+    fraction = (0, 1)
+
+
+class MiddleSampler(WindowSampler):
+    """Middle-k: k consecutive frames starting at ``(length - k) // 2``.
+
+    Args:
+        k: frames kept per video.
+    """
+
+    fraction = (1, 2)
+
+
+class LastSampler(WindowSampler):
+    """Last-k: frames length - k .. length - 1.
+
+    Args:
+        k: frames kept per video.
+    """
+
+    fraction = (1, 1)
+
+
+class FirstMiddleLastSampler(KFrameSampler):
+    """First-Middle-Last-k: k // 3 frames each from the start, the middle and the end.
+
+    With k = 3q + r the remainder goes symmetrically: r = 1 adds a frame to the middle window, r = 2 one to the
+    first and one to the last window (k = 10 -> 3 + 4 + 3, k = 20 -> 7 + 6 + 7). The middle window starts at
+    ``(length - middle) // 2``; the three windows never overlap when length >= k.
+
+    Args:
+        k: frames kept per video.
+    """
+
+    def __init__(self, k: int) -> None:
+        super().__init__(k)
+        third, remainder = divmod(k, 3)
+        self.outer = third + (remainder == 2)
+        self.middle = k - 2 * self.outer
+
+    def virtual_indices(self, virtual_lengths: Tensor, generator: torch.Generator | None) -> Tensor:
+        """(B,) -> (B, k): the three windows side by side."""
+        device = virtual_lengths.device
+        first = torch.arange(self.outer, device=device).expand(len(virtual_lengths), -1)
+        middle = ((virtual_lengths - self.middle) // 2)[:, None] + torch.arange(self.middle, device=device)
+        last = (virtual_lengths - self.outer)[:, None] + torch.arange(self.outer, device=device)
+        return torch.cat([first, middle, last], dim=1)
+
+
+__all__ = [
+    "AllFramesSampler",
+    "FirstMiddleLastSampler",
+    "FirstSampler",
+    "FrameSampler",
+    "KFrameSampler",
+    "LastSampler",
+    "MiddleSampler",
+    "RandomSampler",
+    "UniformSampler",
+    "WindowSampler",
+]
