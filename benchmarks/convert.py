@@ -4,7 +4,11 @@ Conversion, side by side on the same frame-level shards (random uint8 content, w
   (a) the ``tfrecord`` package's ``sequence_loader``, iterating every record and joining its frames into
       (n, 1024) / (n, 128) arrays (it yields one bytes object per frame),
   (b) our reader alone (``read_records``, CRCs verified, frames copied into contiguous arrays),
-  (c) our full ``convert`` with workers=1 and (d) workers=2 (CRCs verified, store written and fsynced).
+  (c) ``index_shard`` alone: the first of ``convert``'s two passes (CRCs and structure checked, frames located),
+  (d) our full ``convert`` with workers=1 and (e) workers=2 (CRCs verified, store written and fsynced).
+The methods take turns, one run each per round, so a machine shared with other work loads them alike; the
+best wall time of the rounds is reported, with the median CPU time (user + system, worker processes included),
+and the load average before and after, since a loaded machine slows wall times, not CPU times.
 Store reads: batches of the teacher view (all frames) and a student view (k uniform frames) through
 ``FrameStore.read_frames`` (memory map of the contiguous dataset) vs h5py fancy indexing of a chunked copy.
 
@@ -14,6 +18,8 @@ Store reads: batches of the teacher view (all frames) and a student view (k unif
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import struct
 import sys
 import tempfile
@@ -29,7 +35,7 @@ from tfrecord.reader import sequence_loader
 
 from lightning_distill.data.convert import convert
 from lightning_distill.data.frame_store import FrameStore
-from lightning_distill.data.yt8m_records import read_records
+from lightning_distill.data.yt8m_records import detect_format, index_shard, read_records
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, default=4, help="frame-level shards to write")
     parser.add_argument("--videos", type=int, default=200, help="videos per shard")
     parser.add_argument("--frames", type=int, default=160, help="mean frames per video (uniform +-50%%)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method; the best is reported")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per method; the best is reported")
     parser.add_argument("--batch", type=int, default=256, help="videos per batch in the store read benchmark")
     parser.add_argument("--k", type=int, default=30, help="frames per video in the student view")
     parser.add_argument("--dir", default=None, help="working directory (default: a temporary one)")
@@ -73,6 +79,7 @@ def convert_table(shards: list[Path], work: Path, repeats: int) -> None:
     videos = sum(1 for shard in shards for _ in read_records(shard))
     megabytes = sum(shard.stat().st_size for shard in shards) / 1e6
     store = work / "store.h5"
+    source = detect_format(shards[0])
 
     def baseline() -> None:
         for shard in shards:
@@ -92,30 +99,66 @@ def convert_table(shards: list[Path], work: Path, repeats: int) -> None:
                 # Views into the mapped shard: copy them, as (a) copies its frames when joining them.
                 np.ascontiguousarray(record.rgb), np.ascontiguousarray(record.audio)
 
-    def ours(workers: int) -> Callable[[], None]:
-        def run() -> None:
-            store.unlink(missing_ok=True)  # else the rerun is a no-op
-            convert([str(s) for s in shards], store, workers=workers, progress=False)
+    def first_pass() -> None:
+        for shard in shards:
+            index_shard(shard, source)
 
-        return run
+    def ours(workers: int) -> Callable[[], None]:
+        return lambda: convert([str(s) for s in shards], store, workers=workers, progress=False)
+
+    def no_store() -> None:
+        store.unlink(missing_ok=True)  # else the rerun is a no-op; not timed
 
     methods = {
         "(a) tfrecord.sequence_loader": (baseline, 1),
         "(b) read_records": (reader, 1),
-        "(c) convert, workers=1": (ours(1), 1),
-        "(d) convert, workers=2": (ours(2), 2),
+        "(c) index_shard (convert's pass 1)": (first_pass, 1),
+        "(d) convert, workers=1": (ours(1), 1),
+        "(e) convert, workers=2": (ours(2), 2),
     }
-    seconds = {name: best_time(fn, repeats) for name, (fn, _) in methods.items()}
-    base = seconds["(a) tfrecord.sequence_loader"]
-    print(f"\n{len(shards)} shards, {videos} videos, {megabytes:.0f} MB of TFRecords; best of {repeats}\n")
-    print("| method | s | videos/s | MB/s | MB/s per core | speed-up vs (a) |")
-    print("|---|---|---|---|---|---|")
+    load_before = os.getloadavg()
+    timings = take_turns({name: fn for name, (fn, _) in methods.items()}, no_store, repeats)
+    base = timings["(a) tfrecord.sequence_loader"][0]
+    print(f"\n{len(shards)} shards, {videos} videos, {megabytes:.0f} MB of TFRecords; best of {repeats} turns")
+    print(f"load average (1, 5, 15 min) on {os.cpu_count()} cores: {_load(load_before)} before, {_load()} after\n")
+    print("| method | s | videos/s | MB/s | MB/s per core | speed-up vs (a) | CPU s | MB per CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, (_, cores) in methods.items():
-        s = seconds[name]
+        s, cpu = timings[name]
         print(
             f"| {name} | {s:.3f} | {videos / s:,.0f} | {megabytes / s:,.0f} | {megabytes / s / cores:,.0f} "
-            f"| {base / s:.1f}x |"
+            f"| {base / s:.1f}x | {cpu:.3f} | {megabytes / cpu:,.0f} |"
         )
+
+
+def take_turns(
+    methods: dict[str, Callable[[], object]], setup: Callable[[], object], repeats: int
+) -> dict[str, tuple[float, float]]:
+    """(best wall seconds, median CPU seconds) of each method, running them in turn ``repeats`` times.
+
+    CPU time is this process's and its finished children's, user + system; ``setup`` runs untimed before
+    every run. One untimed warm-up round fills the page cache and imports.
+    """
+    walls: dict[str, list[float]] = {name: [] for name in methods}
+    cpus: dict[str, list[float]] = {name: [] for name in methods}
+    for turn in range(repeats + 1):
+        for name, fn in methods.items():
+            setup()
+            cpu, start = _cpu_seconds(), time.perf_counter()
+            fn()
+            if turn:
+                walls[name].append(time.perf_counter() - start)
+                cpus[name].append(_cpu_seconds() - cpu)
+    return {name: (min(walls[name]), float(np.median(cpus[name]))) for name in methods}
+
+
+def _cpu_seconds() -> float:
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def _load(average: tuple[float, float, float] | None = None) -> str:
+    return ", ".join(f"{x:.2f}" for x in average or os.getloadavg())
 
 
 def store_table(path: Path, batch: int, k: int, repeats: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 import h5py
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 from tfrecord import example_pb2
 
-from lightning_distill.data import FrameStore
+from lightning_distill.data import FrameStore, frame_store
 from lightning_distill.data.convert import convert
+from lightning_distill.data.yt8m_records import index_shard
 from lightning_distill.errors import DataError
 from yt8m_writer import (
     SHARED,
@@ -128,6 +130,36 @@ def test_corrupt_record_leaves_no_store_and_keeps_the_old_one(shards, tmp_path, 
     with pytest.raises(DataError):
         convert(pattern, fresh, workers=workers, progress=False)
     assert not fresh.exists() and leftovers(tmp_path) == ["fresh.h5.lock", "src", "train.h5", "train.h5.lock"]
+
+
+def _index_then_touch(path: Path, **options):
+    """index_shard, then a newer mtime on the shard, as if it were rewritten between the two passes."""
+    index = index_shard(path, **options)
+    os.utime(path, ns=(index.stat[1] + 10**9, index.stat[1] + 10**9))
+    return index
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failure_while_writing_leaves_no_store_and_keeps_the_old_one(shards, tmp_path, monkeypatch, workers):
+    """A failure in the second pass, after the temporary store exists, cleans up as one in the first does."""
+    source, _ = shards
+    output = tmp_path / "train.h5"
+    pattern = str(source / "train*.tfrecord")
+    convert(pattern, output, progress=False)
+    old = output.read_bytes()
+    monkeypatch.setattr("lightning_distill.data.convert.index_shard", _index_then_touch)  # forked workers too
+    with pytest.raises(DataError, match=r"train0000.tfrecord: changed while it was being converted"):
+        convert(pattern, output, max_frames=5, workers=workers, progress=False)
+    assert output.read_bytes() == old
+    assert leftovers(tmp_path) == ["src", "train.h5", "train.h5.lock"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_frames_written_in_many_blocks_round_trip(shards, tmp_path, monkeypatch, workers):
+    source, contents = shards
+    monkeypatch.setattr(frame_store, "_WRITE_BLOCK", 3 * 1152)  # a block per video or two, not per shard
+    convert(str(source / "train*.tfrecord"), tmp_path / "s.h5", workers=workers, progress=False)
+    assert_store_holds(tmp_path / "s.h5", [v for videos in contents for v in videos])
 
 
 def test_bad_arguments(shards, tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tfrecord import example_pb2
 
-from lightning_distill.data.yt8m_records import SourceFormat, detect_format, read_records
+from lightning_distill.data.yt8m_records import SourceFormat, detect_format, index_shard, read_records, shard_frames
 from lightning_distill.errors import DataError
 from yt8m_writer import (
     SHARED,
@@ -163,3 +163,62 @@ def test_unreadable_and_empty_files(tmp_path):
     with pytest.raises(DataError, match="empty.tfrecord: contains no records"):
         detect_format(empty)
     assert list(read_records(empty)) == []
+
+
+def _with_unknown_fields(serialized: bytes) -> bytes:
+    """The record with every rgb frame's ``Feature`` carrying an unknown field: legal, but not canonical."""
+    message = example_pb2.SequenceExample.FromString(serialized)
+    frames = message.feature_lists.feature_list["rgb"].feature
+    unusual = [example_pb2.Feature.FromString(f.SerializeToString() + b"\x78\x00") for f in frames]  # field 15 = 0
+    del frames[:]
+    frames.extend(unusual)
+    return message.SerializeToString()
+
+
+def test_index_then_frames_give_what_read_records_gives(tmp_path):
+    """The converter's two passes: canonical frame blocks come straight from the index's file offsets, others
+    (an unusual encoding, video-level records) are parsed again; either way the frames are read_records'."""
+    rng = np.random.default_rng(3)
+    message = example_pb2.SequenceExample.FromString(frame_level_example("lc", [2], *random_video(rng, 4)))
+    lists_first = (
+        example_pb2.SequenceExample(feature_lists=message.feature_lists).SerializeToString()
+        + example_pb2.SequenceExample(context=message.context).SerializeToString()
+    )
+    records = [
+        frame_level_example("aa", [1], *random_video(rng, 5)),
+        lists_first,
+        _with_unknown_fields(frame_level_example("uu", [3], *random_video(rng, 3))),
+    ]
+    frame_path = write_tfrecord(tmp_path / "f.tfrecord", records)
+    means = [video_level_example(f"v{i}", [i], rng.normal(size=1024), rng.normal(size=128)) for i in range(3)]
+    video_path = write_tfrecord(tmp_path / "v.tfrecord", means)
+    for path, canonical in ((frame_path, [True, True, False]), (video_path, [False] * 3)):
+        index = index_shard(path, detect_format(path))
+        expected = list(read_records(path))
+        assert index.video_ids == [r.video_id for r in expected]
+        assert index.lengths.tolist() == [r.num_frames for r in expected]
+        assert index.label_values.tolist() == [label for r in expected for label in r.labels.tolist()]
+        assert (index.blocks[:, 0] >= 0).tolist() == canonical
+        frames = list(shard_frames(index))
+        assert len(frames) == len(expected)
+        for (rgb, audio), record in zip(frames, expected):
+            assert rgb.dtype == record.rgb.dtype and np.array_equal(rgb, record.rgb)
+            assert np.array_equal(audio, record.audio)
+
+
+@pytest.mark.parametrize("case", ["random bytes", "label too large", "data_crc", "truncate_data"])
+def test_index_rejects_what_read_records_rejects(tmp_path, case):
+    if case in BAD_RECORDS:
+        path = write_tfrecord(tmp_path / "bad.tfrecord", [_good(0), _good(1), BAD_RECORDS[case][0], _good(3)])
+    else:
+        path = write_tfrecord(tmp_path / "bad.tfrecord", [_good(i) for i in range(4)], corrupt=case, at=2)
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: record 2: "):
+        index_shard(path, SourceFormat("frame", "2018", 3862))
+
+
+def test_frames_of_a_shard_changed_since_indexing_are_refused(tmp_path):
+    path = write_tfrecord(tmp_path / "c.tfrecord", [_good(i) for i in range(2)])
+    index = index_shard(path, detect_format(path))
+    write_tfrecord(path, [_good(i) for i in range(3)])
+    with pytest.raises(DataError, match="c.tfrecord: changed while it was being converted"):
+        next(shard_frames(index))

@@ -5,10 +5,24 @@ the same store (``prepare_data`` on several nodes sharing a file system) convert
 then find it up to date. The store records a manifest of its sources (resolved paths, sizes, modification
 times) and options; a rerun whose manifest matches returns at once, any change rebuilds the store.
 
-Each shard is parsed (by a worker process when ``workers > 1``) into a raw spool file beside the output; the
-parent then assembles the spools, in sorted shard order, into a temporary store that is renamed into place
-only when complete. Temporary files start with ``.<output name>.tmp-``: removed on any error, and any left
-by a killed run are deleted by the next conversion of the same output (it holds the lock, so they are stale).
+Two passes, each over the shards in parallel when ``workers > 1`` (worker processes, one shard per job):
+
+1. Index: every record is checked (CRCs, structure, labels) and located (``index_shard``). Any bad record
+   stops the conversion here, before a single output byte is written.
+2. Write: the parent creates the temporary store with every table and a ``frames`` dataset of the exact size,
+   allocated but unwritten; each shard's frames are then copied straight from the mapped shard into their own
+   rows of it (``shard_frames``, ``FrameSlots.fill``), by the parent or by the workers, which own disjoint row
+   ranges. The store is made durable and renamed into place only when complete.
+
+So every frame is written once, and no spool file exists (spooling wrote every frame twice, then deleted a
+file as large as the store). The price: the shards are read twice. Pass 1 touches every page of them (each
+frame's header is checked), so a shard set larger than the page cache is read from disk twice.
+
+Workers are forked, so one costs ~25 ms of CPU whatever the input (the parent has torch loaded): noise for a
+real split, a visible share of a benchmark of a few hundred MB.
+
+The temporary store starts with ``.<output name>.tmp-``: removed on any error, and any left by a killed run
+are deleted by the next conversion of the same output (it holds the lock, so they are stale).
 """
 
 from __future__ import annotations
@@ -18,20 +32,23 @@ import glob
 import json
 import multiprocessing
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from lightning_distill.data.frame_store import FrameStore, SpooledVideos, assemble_frame_store, spool_videos
+from lightning_distill.data.frame_store import FrameSlots, FrameStore, VideoTable, building_frame_store
 from lightning_distill.data.yt8m import MAX_FRAMES
-from lightning_distill.data.yt8m_records import SourceFormat, read_records, sniff_format
+from lightning_distill.data.yt8m_records import ShardIndex, SourceFormat, index_shard, shard_frames, sniff_format
 from lightning_distill.errors import DataError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -93,18 +110,19 @@ def convert(
         source = _shard_set_format(shards, verify_crc)
         if num_classes is not None:
             source = replace(source, num_classes=num_classes)
-        with tempfile.TemporaryDirectory(prefix=f".{output.name}.tmp-", dir=output.parent) as spool_dir:
-            parts = _spool_shards(shards, Path(spool_dir), source, verify_crc, max_frames, workers, progress)
-            videos = assemble_frame_store(
-                output,
-                parts,
-                level=source.level,
-                source_version=source.version,
-                num_classes=source.num_classes,
-                max_frames=max_frames,
-                manifest=manifest,
-            )
-    return ConversionResult(output, videos, skipped=False)
+        total = sum(shard.stat().st_size for shard in shards)
+        with _progress_bar(progress) as bar, _worker_pool(workers, len(shards)) as pool:
+            index = partial(index_shard, source_format=source, verify_crc=verify_crc)
+            indexes = list(_tracked(bar, "indexing", total, _run_jobs(index, [(s,) for s in shards], pool)))
+            kept = [np.minimum(i.lengths, max_frames) for i in indexes]
+            first_rows = np.cumsum([0] + [int(k.sum()) for k in kept]).tolist()
+            options = dict(level=source.level, source_version=source.version, num_classes=source.num_classes)
+            table = _video_table(indexes, kept)
+            with building_frame_store(output, table, **options, max_frames=max_frames, manifest=manifest) as slots:
+                jobs = [(i, slots, row, k) for i, row, k in zip(indexes, first_rows, kept)]
+                for _ in _tracked(bar, "writing", total, _run_jobs(_write_shard, jobs, pool)):
+                    pass
+    return ConversionResult(output, len(table.video_ids), skipped=False)
 
 
 def resolve_inputs(inputs: str | Sequence[str]) -> list[Path]:
@@ -186,57 +204,63 @@ def _shard_set_format(shards: Sequence[Path], verify_crc: bool) -> SourceFormat:
     return found[1]
 
 
-def _spool_shards(
-    shards: Sequence[Path],
-    spool_dir: Path,
-    source: SourceFormat,
-    verify_crc: bool,
-    max_frames: int,
-    workers: int,
-    progress: bool,
-) -> list[SpooledVideos]:
-    """Spool every shard (in parallel when ``workers > 1``); returns the parts in shard order."""
-    jobs = [(shard, spool_dir / f"{i:06d}.frames", source, verify_crc, max_frames) for i, shard in enumerate(shards)]
-    bar = Progress(
-        TextColumn("converting"),
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.fields[videos]:,} videos"),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         transient=True,
-        disable=not progress,
+        disable=not enabled,
     )
-    task = bar.add_task("convert", total=sum(shard.stat().st_size for shard in shards), videos=0)
-    parts: list[SpooledVideos] = []
+
+
+def _tracked(bar: Progress, description: str, total: int, indexes: Iterable[ShardIndex]) -> Iterator[ShardIndex]:
+    """Pass shards' indexes through, advancing a new bar task by each shard's bytes and videos."""
+    task = bar.add_task(description, total=total, videos=0)
     videos = 0
-    with bar:
-        for shard, part in zip(shards, _run_jobs(jobs, workers)):
-            parts.append(part)
-            videos += len(part.video_ids)
-            bar.update(task, advance=shard.stat().st_size, videos=videos)
-    return parts
+    for index in indexes:
+        videos += len(index)
+        bar.update(task, advance=index.stat[0], videos=videos)
+        yield index
 
 
-def _run_jobs(jobs: Sequence[tuple], workers: int) -> Iterator[SpooledVideos]:
-    """``_spool_shard`` results in job order, computed in this process or by ``workers`` processes."""
+def _worker_pool(workers: int, shards: int) -> ProcessPoolExecutor | nullcontext[None]:
+    """Worker processes for both passes, or (``workers == 1``) a context giving None: work in this process."""
     if workers == 1:
-        yield from (_spool_shard(*job) for job in jobs)
-        return
-    # fork: workers start in milliseconds with the imports done; they only read shards and write spools.
+        return nullcontext()
+    # fork: workers start with the imports done (spawning one would import torch again, for seconds).
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-        futures = [pool.submit(_spool_shard, *job) for job in jobs]
-        try:
-            for future in futures:
-                yield future.result()
-        finally:
-            # On an error (here or in the consumer) drop the queued shards; the pool waits for running ones.
-            for future in futures:
-                future.cancel()
+    return ProcessPoolExecutor(max_workers=min(workers, shards), mp_context=context)
 
 
-def _spool_shard(
-    shard: Path, frames_path: Path, source: SourceFormat, verify_crc: bool, max_frames: int
-) -> SpooledVideos:
-    records = read_records(shard, verify_crc=verify_crc, source_format=source)
-    return spool_videos(records, frames_path, level=source.level, num_classes=source.num_classes, max_frames=max_frames)
+def _run_jobs(fn: Callable[..., T], jobs: Sequence[tuple], pool: ProcessPoolExecutor | None) -> Iterator[T]:
+    """``fn(*job)`` for every job, in job order, computed in this process or by the pool's."""
+    if pool is None:
+        yield from (fn(*job) for job in jobs)
+        return
+    futures = [pool.submit(fn, *job) for job in jobs]
+    try:
+        for future in futures:
+            yield future.result()
+    finally:
+        # On an error (here or in the consumer) drop the queued shards; the pool waits for running ones.
+        for future in futures:
+            future.cancel()
+
+
+def _video_table(indexes: Sequence[ShardIndex], kept: Sequence[np.ndarray]) -> VideoTable:
+    """The store's table of all shards' videos, in shard order, ``kept[i]`` frames of each video of shard i."""
+    return VideoTable(
+        [video_id for index in indexes for video_id in index.video_ids],
+        np.concatenate(kept),
+        np.concatenate([index.label_counts for index in indexes]),
+        np.concatenate([index.label_values for index in indexes]).astype(np.int32),
+    )
+
+
+def _write_shard(index: ShardIndex, slots: FrameSlots, first_row: int, lengths: np.ndarray) -> ShardIndex:
+    """Copy a shard's frames into its rows of the store being built; returns the index, for progress."""
+    slots.fill(first_row, lengths, shard_frames(index))
+    return index

@@ -11,6 +11,10 @@ reads each feature list as one numpy view: in the canonical encoding every frame
 its bytes, so an (n, header + dim) array whose header columns all match is exactly the list of n frames. Any
 other (legal but unusual) encoding falls back to protobuf, which also reports a frame of the wrong size.
 
+A converter that must size its output before copying (see ``convert``) indexes a shard first: ``index_shard``
+checks everything ``read_records`` checks (CRCs included) and notes where each record's frame blocks lie in the
+file; ``shard_frames`` then yields the frames from those offsets with no CRC, parsing or validation work.
+
 The format is detected from a shard's first record, never asked of the user: a ``SequenceExample`` with
 ``rgb``/``audio`` lists is frame-level, an ``Example`` with ``mean_rgb`` is video-level; the id key says the
 version (``video_id``: 2017, 4716 classes; ``id``: 2018 and 2019, 3862 classes). 2019 validate/test records
@@ -20,6 +24,7 @@ carry extra segment keys in their context; they are ignored.
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,8 +76,8 @@ def masked_crc32c(data: bytes | memoryview) -> int:
     return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
 
 
-def iter_payloads(path: str | Path, *, verify_crc: bool = True) -> Iterator[memoryview]:
-    """Yield the data of every record of a TFRecord file, in file order, checking both CRCs.
+def iter_payloads(path: str | Path, *, verify_crc: bool = True) -> Iterator[tuple[int, memoryview]]:
+    """Yield (file offset, data) of every record of a TFRecord file, in file order, checking both CRCs.
 
     The file is memory-mapped, so a shard of any size costs no more memory than the records in use; the
     yielded views stay valid as long as they (or arrays made from them) are referenced.
@@ -81,14 +86,8 @@ def iter_payloads(path: str | Path, *, verify_crc: bool = True) -> Iterator[memo
         DataError: the file is missing, truncated, or a CRC does not match (naming file and record index).
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            size = path.stat().st_size
-            # mmap keeps its own handle, so the file can close now; an empty file cannot be mapped.
-            buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-    except OSError as err:
-        raise DataError(f"{path}: cannot read TFRecord file ({err.strerror}); check the path") from None
-    view = memoryview(buffer)
+    buffer = _map(path)
+    view, size = memoryview(buffer), len(buffer)
     pos, index = 0, 0
     while pos < size:
         if size - pos < 12:
@@ -103,7 +102,7 @@ def iter_payloads(path: str | Path, *, verify_crc: bool = True) -> Iterator[memo
         data = view[start:end]
         if verify_crc and masked_crc32c(data) != struct.unpack_from("<I", buffer, end)[0]:
             raise DataError(f"{path}: record {index}: data CRC mismatch; {_REDOWNLOAD}")
-        yield data
+        yield start, data
         pos = end + 4
         index += 1
 
@@ -122,7 +121,7 @@ def detect_format(path: str | Path, *, verify_crc: bool = True) -> SourceFormat:
 
 def sniff_format(path: str | Path, *, verify_crc: bool = True) -> SourceFormat | None:
     """Like ``detect_format``, but ``None`` for a shard without records (legal, if useless)."""
-    for data in iter_payloads(path, verify_crc=verify_crc):
+    for _, data in iter_payloads(path, verify_crc=verify_crc):
         try:
             return _format_of(data)
         except _BadRecord as err:
@@ -149,17 +148,136 @@ def read_records(
             YouTube-8M example of ``source_format`` (missing keys, wrong frame sizes, rgb/audio frame counts
             that differ, no frames, a label outside [0, num_classes)).
     """
+    for _, _, record, _ in _parsed_records(path, verify_crc, source_format):
+        yield record
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """The videos of one shard, fully checked and located by ``index_shard``; small and picklable.
+
+    Attributes:
+        path: the shard.
+        source_format: the format every record was checked against.
+        stat: (size, mtime_ns) of the file when indexed; ``shard_frames`` refuses a file changed since.
+        video_ids: N ids.
+        lengths: (N,) int64 frames per video, all of them (1 for video-level records).
+        label_counts: (N,) int64 labels per video.
+        label_values: (L,) int64 all labels, video after video.
+        records: (N, 2) int64 byte range of each record's data in the file.
+        blocks: (N, 2) int64 file offsets of each record's canonically encoded rgb and audio frame blocks; -1
+            where the record is parsed again instead (video-level records, unusual encodings).
+    """
+
+    path: Path
+    source_format: SourceFormat
+    stat: tuple[int, int]
+    video_ids: list[str]
+    lengths: np.ndarray
+    label_counts: np.ndarray
+    label_values: np.ndarray
+    records: np.ndarray
+    blocks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+
+def index_shard(path: str | Path, source_format: SourceFormat, *, verify_crc: bool = True) -> ShardIndex:
+    """Check every record of a shard as ``read_records`` does and note where its frames are.
+
+    Raises:
+        DataError: as ``read_records``, for the first bad record.
+    """
+    path = Path(path)
+    stat = _stat(path)
+    ids: list[str] = []
+    lengths: list[int] = []
+    labels: list[np.ndarray] = [np.empty(0, np.int64)]
+    records: list[tuple[int, int]] = []
+    blocks: list[tuple[int, int]] = []
+    for start, data, record, found in _parsed_records(path, verify_crc, source_format):
+        ids.append(record.video_id)
+        lengths.append(record.num_frames)
+        labels.append(record.labels)
+        records.append((start, start + len(data)))
+        blocks.append((start + found[0], start + found[1]) if found else (-1, -1))
+    return ShardIndex(
+        path,
+        source_format,
+        stat,
+        ids,
+        np.array(lengths, np.int64),
+        np.array([len(x) for x in labels[1:]], np.int64),
+        np.concatenate(labels),
+        np.array(records, np.int64).reshape(-1, 2),
+        np.array(blocks, np.int64).reshape(-1, 2),
+    )
+
+
+def shard_frames(index: ShardIndex) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rgb, audio) of every video of an indexed shard, in file order, as ``read_records`` gives them.
+
+    Canonical frame blocks become views of the mapped file straight from the index's offsets: the index
+    already checked their CRCs and structure. Other records are parsed again.
+
+    Raises:
+        DataError: the file changed since it was indexed.
+    """
+    path = index.path
+    if _stat(path) != index.stat:
+        raise DataError(f"{path}: changed while it was being converted; run the conversion again")
+    buffer = _map(path)
+    view = memoryview(buffer)
+    rows = zip(index.lengths.tolist(), index.records.tolist(), index.blocks.tolist())
+    for count, (start, stop), (rgb_at, audio_at) in rows:
+        if rgb_at < 0:
+            record, _ = _parse(view[start:stop], index.source_format)
+            yield record.rgb, record.audio
+        else:
+            yield _frame_block(buffer, rgb_at, count, RGB_DIM), _frame_block(buffer, audio_at, count, AUDIO_DIM)
+
+
+def _map(path: Path) -> mmap.mmap | bytes:
+    """The file's bytes, memory-mapped (mmap keeps its own handle, so the file is closed at once)."""
+    try:
+        with open(path, "rb") as f:
+            # An empty file cannot be mapped.
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
+    except OSError as err:
+        raise DataError(f"{path}: cannot read TFRecord file ({err.strerror}); check the path") from None
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read TFRecord file ({err.strerror}); check the path") from None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _parsed_records(
+    path: str | Path, verify_crc: bool, source_format: SourceFormat | None
+) -> Iterator[tuple[int, memoryview, VideoRecord, tuple[int, int] | None]]:
+    """(file offset, data, record, canonical block offsets within data) of every record, checked."""
     expected = source_format or sniff_format(path, verify_crc=verify_crc)
-    for index, data in enumerate(iter_payloads(path, verify_crc=verify_crc)):
+    for index, (start, data) in enumerate(iter_payloads(path, verify_crc=verify_crc)):
         try:
-            if expected.level == "frame":
-                record = _frame_level(data, expected.id_key)
-            else:
-                record = _video_level(data, expected.id_key)
-            _check_labels(record.labels, expected.num_classes)
+            record, blocks = _parse(data, expected)
         except _BadRecord as err:
             raise DataError(f"{path}: record {index}: {err}") from None
-        yield record
+        yield start, data, record, blocks
+
+
+def _parse(data: memoryview, source_format: SourceFormat) -> tuple[VideoRecord, tuple[int, int] | None]:
+    """A record of ``source_format`` and, when both are canonically encoded, where its rgb and audio frame
+    blocks start in ``data`` (``_BadRecord`` if it is not a well-formed record of that format)."""
+    if source_format.level == "frame":
+        record, blocks = _frame_level(data, source_format.id_key)
+    else:
+        record, blocks = _video_level(data, source_format.id_key), None
+    _check_labels(record.labels, source_format.num_classes)
+    return record, blocks
 
 
 def _format_of(data: memoryview) -> SourceFormat:
@@ -178,20 +296,27 @@ def _format_of(data: memoryview) -> SourceFormat:
     return SourceFormat(level, version, NUM_CLASSES[version])
 
 
-def _frame_level(data: memoryview, id_key: str) -> VideoRecord:
+def _frame_level(data: memoryview, id_key: str) -> tuple[VideoRecord, tuple[int, int] | None]:
     context, lists = _split_sequence_example(data)
     video_id, labels = _id_and_labels(context, id_key)
-    frames = {}
+    frames: dict[str, np.ndarray] = {}
+    blocks: list[int] = []
     for name, dim in _FRAME_LISTS.items():
         if name not in lists:
             raise _BadRecord(f"no '{name}' feature list: a frame-level record needs both 'rgb' and 'audio'")
-        frames[name] = _frame_list(lists[name], name, dim)
+        start, stop = lists[name]
+        canonical = _canonical_frames(data[start:stop], dim)
+        if canonical is None:
+            frames[name] = _decoded_frames(data[start:stop], name, dim)
+        else:
+            frames[name] = canonical
+            blocks.append(start)
     rgb, audio = frames["rgb"], frames["audio"]
     if len(rgb) != len(audio):
         raise _BadRecord(f"video {video_id!r} has {len(rgb)} rgb but {len(audio)} audio frames; they must match")
     if len(rgb) == 0:
         raise _BadRecord(f"video {video_id!r} has no frames; remove it from the shard")
-    return VideoRecord(video_id, labels, rgb, audio)
+    return VideoRecord(video_id, labels, rgb, audio), (blocks[0], blocks[1]) if len(blocks) == 2 else None
 
 
 def _video_level(data: memoryview, id_key: str) -> VideoRecord:
@@ -233,23 +358,26 @@ def _check_labels(labels: np.ndarray, num_classes: int) -> None:
         )
 
 
-def _split_sequence_example(data: memoryview) -> tuple[example_pb2.Features, dict[str, memoryview]]:
+def _split_sequence_example(data: memoryview) -> tuple[example_pb2.Features, dict[str, tuple[int, int]]]:
     """Parse a ``SequenceExample``'s context with protobuf and locate its feature lists' encoded bytes.
 
     SequenceExample: context = field 1 (Features), feature_lists = field 2 (FeatureLists: repeated field 1 map
     entries {key = 1: string, value = 2: FeatureList}). Repeated occurrences of a message field merge, so the
     context is parsed from the concatenation of its pieces, and a later map entry replaces an earlier one.
+
+    Returns:
+        The context, and each feature list's byte range in ``data``.
     """
     context_parts: list[memoryview] = []
-    lists: dict[str, memoryview] = {}
+    lists: dict[str, tuple[int, int]] = {}
     try:
-        for field, value in _length_delimited_fields(data):
+        for field, start, stop in _length_delimited_fields(data, 0, len(data)):
             if field == 1:
-                context_parts.append(value)
+                context_parts.append(data[start:stop])
             elif field == 2:
-                for entry_field, entry in _length_delimited_fields(value):
+                for entry_field, entry_start, entry_stop in _length_delimited_fields(data, start, stop):
                     if entry_field == 1:
-                        key, payload = _map_entry(entry)
+                        key, payload = _map_entry(data, entry_start, entry_stop)
                         lists[key] = payload
         context = example_pb2.Features.FromString(b"".join(context_parts))
     except (DecodeError, ValueError):
@@ -257,31 +385,33 @@ def _split_sequence_example(data: memoryview) -> tuple[example_pb2.Features, dic
     return context, lists
 
 
-def _map_entry(entry: memoryview) -> tuple[str, memoryview]:
-    key, payload = b"", memoryview(b"")
-    for field, value in _length_delimited_fields(entry):
+def _map_entry(data: memoryview, start: int, stop: int) -> tuple[str, tuple[int, int]]:
+    """Key and value byte range of the map entry encoded at ``data[start:stop]``."""
+    key, payload = b"", (stop, stop)
+    for field, value_start, value_stop in _length_delimited_fields(data, start, stop):
         if field == 1:
-            key = bytes(value)
+            key = bytes(data[value_start:value_stop])
         elif field == 2:
-            payload = value
+            payload = (value_start, value_stop)
     return key.decode(), payload
 
 
-def _length_delimited_fields(data: memoryview) -> Iterator[tuple[int, memoryview]]:
-    """Yield (field number, bytes) of the length-delimited fields of an encoded message; skip the others.
+def _length_delimited_fields(data: memoryview, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+    """Yield (field number, start, stop) of the length-delimited fields of the message encoded at
+    ``data[start:stop]`` (positions in ``data``, so nested fields can be located in the file); skip the others.
 
     Raises:
         ValueError: the bytes are not a well-formed protobuf message.
     """
-    pos, end = 0, len(data)
-    while pos < end:
+    pos = start
+    while pos < stop:
         key, pos = _varint(data, pos)
         wire_type = key & 7
         if wire_type == 2:
             size, pos = _varint(data, pos)
-            if pos + size > end:
+            if pos + size > stop:
                 raise ValueError("field runs past the end of the message")
-            yield key >> 3, data[pos : pos + size]
+            yield key >> 3, pos, pos + size
             pos += size
         elif wire_type == 0:
             _, pos = _varint(data, pos)
@@ -289,7 +419,7 @@ def _length_delimited_fields(data: memoryview) -> Iterator[tuple[int, memoryview
             pos += 8 if wire_type == 1 else 4
         else:
             raise ValueError(f"unsupported wire type {wire_type}")
-    if pos != end:
+    if pos != stop:
         raise ValueError("field runs past the end of the message")
 
 
@@ -307,15 +437,20 @@ def _varint(data: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _frame_list(payload: memoryview, name: str, dim: int) -> np.ndarray:
-    """(n, dim) uint8 frames of an encoded ``FeatureList`` of n one-value ``BytesList``s of ``dim`` bytes."""
+def _canonical_frames(payload: memoryview, dim: int) -> np.ndarray | None:
+    """(n, dim) uint8 view of an encoded ``FeatureList`` of n one-value ``BytesList``s of ``dim`` bytes, if it
+    is in the canonical encoding (every frame the same fixed header, then its bytes); else None."""
     header = _frame_header(dim)
     step = len(header) + dim
-    if len(payload) % step == 0:
-        rows = np.frombuffer(payload, np.uint8).reshape(-1, step)
-        if (rows[:, : len(header)] == header).all():
-            return rows[:, len(header) :]
-    # Not the canonical encoding (or a bad frame): let protobuf decide, frame by frame.
+    if len(payload) % step:
+        return None
+    rows = np.frombuffer(payload, np.uint8).reshape(-1, step)
+    return rows[:, len(header) :] if (rows[:, : len(header)] == header).all() else None
+
+
+def _decoded_frames(payload: memoryview, name: str, dim: int) -> np.ndarray:
+    """(n, dim) uint8 frames of any legal encoding of a ``FeatureList``, frame by frame with protobuf (which
+    also reports a frame of the wrong size)."""
     try:
         features = example_pb2.FeatureList.FromString(payload).feature
     except DecodeError:
@@ -328,6 +463,12 @@ def _frame_list(payload: memoryview, name: str, dim: int) -> np.ndarray:
             raise _BadRecord(f"'{name}' frame {index} holds byte strings of sizes {sizes}, expected one of {dim}")
         values.append(value[0])
     return np.frombuffer(b"".join(values), np.uint8).reshape(-1, dim)
+
+
+def _frame_block(buffer: mmap.mmap | bytes, start: int, count: int, dim: int) -> np.ndarray:
+    """(count, dim) uint8 view of the canonical frame block found at file offset ``start`` by ``index_shard``."""
+    header = len(_frame_header(dim))
+    return np.frombuffer(buffer, np.uint8, count * (header + dim), start).reshape(count, -1)[:, header:]
 
 
 @cache
