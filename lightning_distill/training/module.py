@@ -24,6 +24,7 @@ from lightning_distill.errors import ConfigError
 from lightning_distill.metrics import YT8MMetrics
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.heads import ClassifierHead
+from lightning_distill.training.checkpoints import check_state_fits
 from lightning_distill.training.losses import DistillLoss, IntermediateRepresentationLoss
 from lightning_distill.training.outputs import ModelOutput, classify
 
@@ -109,6 +110,10 @@ class VideoClassifierModule(L.LightningModule, ABC):
     def inference_network(self) -> InferenceNetwork:
         """The encoder, head and sampler this module predicts with."""
         return InferenceNetwork(self.encoder, self.head, self.sampler)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        ckpt_path = self._trainer.ckpt_path if self._trainer is not None else None
+        check_state_fits(checkpoint["state_dict"], self.state_dict(), source=f"checkpoint {ckpt_path or ''}".strip())
 
     def setup(self, stage: str) -> None:
         max_frames = getattr(self.trainer.datamodule, "max_frames", None)

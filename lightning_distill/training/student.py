@@ -156,6 +156,7 @@ class StudentModule(VideoClassifierModule):
             checkpoint["state_dict"].update(
                 {TEACHER_PREFIX + key: value for key, value in self.teacher.state_dict().items()}
             )
+        super().on_load_checkpoint(checkpoint)
 
     def _load_teacher(self, path: str) -> TeacherModule:
         if not Path(path).is_file():

@@ -1,0 +1,129 @@
+"""``vdistill convert | synth | inspect``: data preparation commands (thin wrappers over the data package).
+
+These take no model or trainer, so they are plain jsonargparse commands (``--help``, ``--config``,
+``--print_config`` like every other vdistill command) rather than LightningCLI subcommands.
+"""
+
+from __future__ import annotations
+
+from inspect import signature as inspect_signature
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from lightning_distill.data.convert import convert as convert_records
+from lightning_distill.data.frame_store import FrameStore
+from lightning_distill.data.synthetic import generate
+
+
+def convert(
+    *,
+    input: str,
+    output: str,
+    workers: int = 1,
+    verify_crc: bool = True,
+    max_frames: int = 300,
+    num_classes: int | None = None,
+) -> None:
+    """Convert YouTube-8M TFRecords (frame- or video-level, 2017/2018/2019) into one HDF5 frame store.
+
+    Conversion is atomic and idempotent: rerunning with unchanged inputs does nothing.
+
+    Args:
+        input: TFRecord files: a glob such as 'DIR/train*.tfrecord' (quote it), or several separated by commas.
+        output: path of the store to write, e.g. stores/train.h5 (its directory must exist).
+        workers: shards converted in parallel processes.
+        verify_crc: check the CRC32C of every record (about 30% of the cost; keep it on for downloaded data).
+        max_frames: frames kept per video (the official readers keep the first 300).
+        num_classes: label vocabulary size; default: 3862 for 2018+ records, 4716 for 2017 records.
+    """
+    patterns = [p.strip() for p in input.split(",") if p.strip()]
+    convert_records(
+        patterns,
+        output,
+        workers=workers,
+        verify_crc=verify_crc,
+        max_frames=max_frames,
+        num_classes=num_classes,
+    )
+    inspect(store=output)
+
+
+def _generate_default(name: str):
+    """``generate``'s own default, so the command and the function never disagree."""
+    return inspect_signature(generate).parameters[name].default
+
+
+def synth(
+    *,
+    output: str,
+    train_videos: int = _generate_default("train_videos"),
+    validate_videos: int = _generate_default("validate_videos"),
+    test_videos: int = _generate_default("test_videos"),
+    num_classes: int = _generate_default("num_classes"),
+    min_frames: int = _generate_default("min_frames"),
+    max_frames: int = _generate_default("max_frames"),
+    shards_per_split: int = _generate_default("shards_per_split"),
+    seed: int = _generate_default("seed"),
+    unlabelled_test: bool = _generate_default("unlabelled_test"),
+) -> None:
+    """Write synthetic YouTube-8M frame-level TFRecords (2018 format) whose labels are evidenced by timed events.
+
+    Args:
+        output: directory for the train*/validate*/test* .tfrecord shards (created if missing).
+        train_videos: videos in the train split.
+        validate_videos: videos in the validate split.
+        test_videos: videos in the test split.
+        num_classes: label vocabulary size (set the same data.num_classes when training on it).
+        min_frames: shortest video, in one-second frames.
+        max_frames: longest video, in one-second frames.
+        shards_per_split: TFRecord files per split.
+        seed: random seed; the same seed writes byte-identical files.
+        unlabelled_test: write the test split without labels, like the official one.
+    """
+    files = generate(
+        output,
+        train_videos=train_videos,
+        validate_videos=validate_videos,
+        test_videos=test_videos,
+        num_classes=num_classes,
+        min_frames=min_frames,
+        max_frames=max_frames,
+        shards_per_split=shards_per_split,
+        seed=seed,
+        unlabelled_test=unlabelled_test,
+    )
+    console = Console()
+    for split, paths in files.items():
+        console.print(f"{split}: {len(paths)} shard(s) in {Path(output).resolve()}")
+
+
+def inspect(*, store: str) -> None:
+    """Summarise a frame store: videos, frames, lengths, labels, source format and size on disk.
+
+    Args:
+        store: path of a store written by ``vdistill convert``.
+    """
+    frames = FrameStore(store)
+    lengths = frames.lengths
+    label_counts = np.array([len(frames.labels(i)) for i in range(len(frames))], dtype=np.int64)
+    table = Table(title=f"frame store {store}", show_header=False)
+    rows = {
+        "videos": f"{len(frames):,}",
+        "frames": f"{int(lengths.sum()):,}",
+        "frames per video (min / mean / max)": f"{lengths.min()} / {lengths.mean():.1f} / {lengths.max()}",
+        "level": frames.level,
+        "source version": frames.source_version,
+        "classes": f"{frames.num_classes:,}",
+        "labels per video (mean)": f"{label_counts.mean():.2f}",
+        "unlabelled videos": f"{int((label_counts == 0).sum()):,}",
+        "size on disk": f"{Path(store).stat().st_size / 2**20:,.1f} MiB",
+    }
+    for name, value in rows.items():
+        table.add_row(name, value)
+    Console().print(table)
+
+
+COMMANDS = {"convert": convert, "synth": synth, "inspect": inspect}

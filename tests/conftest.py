@@ -1,0 +1,29 @@
+"""Fixtures shared by the end-to-end tests: a small synthetic YouTube-8M data set made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lightning_distill.data.synthetic import generate
+
+SYNTHETIC_CLASSES = 8
+
+
+@pytest.fixture(scope="session")
+def synthetic_tfrecords(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of train/validate/test frame-level TFRecords: 48/16/16 videos of 30-60 frames, 8 classes."""
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(
+        root,
+        train_videos=48,
+        validate_videos=16,
+        test_videos=16,
+        num_classes=SYNTHETIC_CLASSES,
+        min_frames=30,
+        max_frames=60,
+        shards_per_split=1,
+        seed=0,
+    )
+    return root

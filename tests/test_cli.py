@@ -1,0 +1,213 @@
+"""The ``vdistill`` command as a user drives it: every shipped config trains one batch, data commands work, and
+user mistakes end in one readable line (exit code 2) rather than a traceback."""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import SYNTHETIC_CLASSES
+from lightning_distill.cli.main import VDistillCLI, main
+from lightning_distill.data.frame_store import FrameStore
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PAPER = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+TINY = sorted(p.name for p in (CONFIGS / "tiny").glob("*.yaml"))
+FAMILIES = ("hrnn", "netvlad", "nextvlad")
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch):
+    """main(args) stands for the command line; pytest's own arguments must not look like a second one."""
+    monkeypatch.setattr(sys, "argv", ["vdistill"])
+    yield
+    # A trainer and its model reference each other; collect them now, or paper-size models (GBs with their
+    # optimiser state) pile up across tests.
+    gc.collect()
+
+
+def data_args(root: Path, store_dir: Path) -> list[str]:
+    """Point a config's data section at the session's synthetic shards, with batches small enough for CPU."""
+    return [
+        f"--data.train_files={root}/train*.tfrecord",
+        f"--data.val_files={root}/validate*.tfrecord",
+        f"--data.test_files={root}/test*.tfrecord",
+        f"--data.store_dir={store_dir}",
+        f"--data.num_classes={SYNTHETIC_CLASSES}",
+        "--data.batch_size=4",
+        "--data.max_frames=40",
+        "--trainer.logger=false",
+    ]
+
+
+def run_ok(args: list[str]) -> None:
+    """Run ``vdistill`` and fail the test if it exits (the CLI exits only on errors or --help)."""
+    try:
+        main(args)
+    except SystemExit as exit_:
+        pytest.fail(f"vdistill {' '.join(args[:3])} exited with {exit_.code}")
+
+
+def run_error(args: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Run ``vdistill`` expecting a user error: exit code 2, no traceback, one error line, which is returned.
+
+    Lightning's own progress lines may precede it on stderr; the error is the line starting with "error:".
+    """
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    (message,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    return message
+
+
+def test_top_level_help_names_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "profile", "convert", "synth", "inspect"):
+        assert command in text
+
+
+def test_synth_convert_inspect(tmp_path, capsys):
+    run_ok(["synth", f"--output={tmp_path}/raw", "--train_videos=6", "--validate_videos=2", "--test_videos=2",
+            "--num_classes=5", "--min_frames=30", "--max_frames=40", "--shards_per_split=1"])
+    run_ok(["convert", f"--input={tmp_path}/raw/train*.tfrecord", f"--output={tmp_path}/train.h5",
+            "--num_classes=5"])
+    store = FrameStore(tmp_path / "train.h5")
+    assert len(store) == 6 and store.num_classes == 5
+    assert all(30 <= n <= 40 for n in store.lengths)
+    run_ok(["inspect", f"--store={tmp_path}/train.h5"])
+    summary = capsys.readouterr().out
+    assert "videos" in summary and f"{int(store.lengths.sum()):,}" in summary
+
+
+def test_convert_glob_matching_nothing_is_one_line(tmp_path, capsys):
+    message = run_error(["convert", f"--input={tmp_path}/nothing*.tfrecord", f"--output={tmp_path}/x.h5"], capsys)
+    assert "nothing*.tfrecord" in message
+    assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_every_tiny_config_trains_one_batch(name, synthetic_tfrecords, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", f"--config={CONFIGS / 'tiny' / name}", *data_args(synthetic_tfrecords, tmp_path / "stores")]
+    if name.startswith("student_"):
+        args.append(f"--model.init_args.teacher_checkpoint={_teacher_checkpoint(name, synthetic_tfrecords, tmp_path)}")
+    run_ok([*args, "--trainer.fast_dev_run=1"])
+
+
+def _teacher_checkpoint(student_config: str, root: Path, tmp_path: Path, folder: str = "tiny") -> Path:
+    """Train the matching teacher config for one step and return its last checkpoint."""
+    teacher = CONFIGS / folder / student_config.replace("student_", "teacher_")
+    run_ok(["fit", f"--config={teacher}", *data_args(root, tmp_path / "stores"), "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
+    (checkpoint,) = tmp_path.glob("runs/teacher_*/checkpoints/last.ckpt")
+    return checkpoint
+
+
+@pytest.mark.parametrize("name", [n for n in PAPER if not n.startswith("student_")])
+def test_every_paper_config_trains_one_batch(name, synthetic_tfrecords, tmp_path, monkeypatch):
+    # Paper sizes (NetVLAD alone has 287M parameters), one batch of 4 short videos: checks that the shipped
+    # hyper-parameters build and run, not that they are fast on a CPU.
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", f"--config={CONFIGS / name}", *data_args(synthetic_tfrecords, tmp_path / "stores")]
+    run_ok([*args, "--trainer.fast_dev_run=1"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_paper_student_configs_accept_a_paper_teacher(family, synthetic_tfrecords, tmp_path, monkeypatch):
+    # A full paper-size checkpoint with optimiser state is GBs (NetVLAD); a weights-only one from the teacher
+    # config is what a student needs, and shows the student config matches the teacher config's sizes.
+    monkeypatch.chdir(tmp_path)
+    teacher_args = [f"--config={CONFIGS / f'teacher_{family}.yaml'}", *data_args(synthetic_tfrecords, tmp_path / "stores")]
+    cli = VDistillCLI(args=teacher_args, run=False)
+    cli.trainer.strategy.connect(cli.model)
+    checkpoint = tmp_path / "teacher.ckpt"
+    cli.trainer.save_checkpoint(checkpoint, weights_only=True)
+    student = ["fit", f"--config={CONFIGS / f'student_{family}.yaml'}",
+               *data_args(synthetic_tfrecords, tmp_path / "stores"),
+               f"--model.init_args.teacher_checkpoint={checkpoint}", "--trainer.fast_dev_run=1"]
+    run_ok(student)
+
+
+def test_fit_test_predict_profile_round_trip(synthetic_tfrecords, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    teacher = _teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
+    data = data_args(synthetic_tfrecords, tmp_path / "stores")
+    student_config = f"--config={CONFIGS / 'tiny' / 'student_hrnn.yaml'}"
+    run_ok(["fit", student_config, *data, f"--model.init_args.teacher_checkpoint={teacher}",
+            "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"])
+    student = tmp_path / "runs/student_tiny_hrnn/checkpoints/last.ckpt"
+    assert not any(k.startswith("teacher") for k in torch.load(student, weights_only=False)["state_dict"])
+
+    # The student is tested and used without its teacher: the teacher's checkpoint is gone.
+    teacher.unlink()
+    run_ok(["test", student_config, *data, f"--ckpt_path={student}", f"--metrics_json={tmp_path}/test.json"])
+    metrics = json.loads((tmp_path / "test.json").read_text())
+    assert set(metrics) == {f"test/{k}" for k in ("gap", "map", "map_all_classes", "hit_at_one", "perr")}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+
+    predictions = tmp_path / "predictions.csv"
+    run_ok(["predict", student_config, *data, f"--ckpt_path={student}",
+            f"--data.predict_files={synthetic_tfrecords}/test*.tfrecord", "--return_predictions=false",
+            "--trainer.callbacks+=lightning_distill.evaluation.predictions.KagglePredictionWriter",
+            f"--trainer.callbacks.output={predictions}"])
+    rows = predictions.read_text().splitlines()
+    assert rows[0] == "VideoId,LabelConfidencePairs" and len(rows) == 1 + 16
+    pairs = rows[1].split(",")[1].split()
+    assert len(pairs) == 2 * SYNTHETIC_CLASSES  # all 8 classes fit in the top 20
+    scores = [float(s) for s in pairs[1::2]]
+    assert scores == sorted(scores, reverse=True)
+
+    run_ok(["profile", student_config, *data, f"--output={tmp_path}/cost.json"])
+    cost = json.loads((tmp_path / "cost.json").read_text())
+    assert cost["flops_per_video"] == 2 * cost["macs_per_video"] > 0
+    assert cost["params"] > 0 and cost["videos_per_s"] > 0
+
+
+def test_missing_and_foreign_checkpoints_are_one_line(synthetic_tfrecords, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = data_args(synthetic_tfrecords, tmp_path / "stores")
+    teacher_config = f"--config={CONFIGS / 'tiny' / 'teacher_hrnn.yaml'}"
+    message = run_error(["test", teacher_config, *data, f"--ckpt_path={tmp_path}/missing.ckpt"], capsys)
+    assert "missing.ckpt does not exist" in message
+
+    (tmp_path / "corrupt.ckpt").write_bytes(b"not a checkpoint")
+    message = run_error(["test", teacher_config, *data, f"--ckpt_path={tmp_path}/corrupt.ckpt"], capsys)
+    assert "corrupt.ckpt cannot be read" in message
+
+    teacher = _teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
+    parallel_config = f"--config={CONFIGS / 'tiny' / 'parallel_hrnn.yaml'}"
+    message = run_error(["test", parallel_config, *data, f"--ckpt_path={teacher}"], capsys)
+    assert "holds a TeacherModule but the config builds a DistillModule" in message
+
+    # The same teacher against data with another class count: both sizes are named.
+    message = run_error(["test", teacher_config, *data, "--data.num_classes=16", f"--data.store_dir={tmp_path}/s16",
+                         f"--ckpt_path={teacher}"], capsys)
+    assert "does not fit this model" in message and "head." in message
+
+
+def test_runs_log_config_cost_and_metrics(synthetic_tfrecords, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = [a for a in data_args(synthetic_tfrecords, tmp_path / "stores") if not a.startswith("--trainer.logger")]
+    run_ok(["fit", f"--config={CONFIGS / 'tiny' / 'baseline_hrnn.yaml'}", *data, "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}/logs"])
+    (hparams,) = tmp_path.glob("logs/**/hparams.yaml")
+    logged = yaml.safe_load(hparams.read_text())
+    assert "UniformSampler" in logged["config"] and "k: 6" in logged["config"]
+    # Uniform-6 H-RNN: the cost is that of 6 frames, and FLOPs are 2 x MACs.
+    assert logged["cost/flops_per_video"] == 2 * logged["cost/macs_per_video"] > 0
+    (metrics,) = tmp_path.glob("logs/**/metrics.csv")
+    header = metrics.read_text().splitlines()[0].split(",")
+    assert {"train/loss", "train/loss/ce", "val/gap", "val/map_all_classes"} <= set(header)
