@@ -11,6 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def check_rgb_split(rgb_dim: int, input_dim: int) -> None:
+    """The VLAD encoders cluster rgb and audio apart: frames must hold both, rgb first."""
+    if not 0 < rgb_dim < input_dim:
+        raise ValueError(f"rgb_dim must lie strictly between 0 and input_dim={input_dim}, got {rgb_dim}")
+
+
 class MaskedBatchNorm(nn.Module):
     """Batch norm over the feature (last) dim whose batch statistics count only real frames.
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_distill.models.encoder import EncoderOutput, VideoEncoder
-from lightning_distill.models.layers import ContextGating, MaskedBatchNorm, vlad_aggregate
+from lightning_distill.models.layers import ContextGating, MaskedBatchNorm, check_rgb_split, vlad_aggregate
 
 
 class VLADStream(nn.Module):
@@ -72,8 +72,7 @@ class NetVLAD(VideoEncoder):
         gating: bool = True,
     ) -> None:
         super().__init__()
-        if not 0 < rgb_dim < input_dim:
-            raise ValueError(f"rgb_dim must lie strictly between 0 and input_dim={input_dim}, got {rgb_dim}")
+        check_rgb_split(rgb_dim, input_dim)
         self.input_dim = input_dim
         self.rgb_dim = rgb_dim
         self.num_clusters = num_clusters

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_distill.models.encoder import EncoderOutput, VideoEncoder
-from lightning_distill.models.layers import MaskedBatchNorm, SEGating, vlad_aggregate
+from lightning_distill.models.layers import MaskedBatchNorm, SEGating, check_rgb_split, vlad_aggregate
 
 
 class NeXtVLADStream(nn.Module):
@@ -101,8 +101,7 @@ class NeXtVLAD(VideoEncoder):
         gating_reduction: int = 8,
     ) -> None:
         super().__init__()
-        if not 0 < rgb_dim < input_dim:
-            raise ValueError(f"rgb_dim must lie strictly between 0 and input_dim={input_dim}, got {rgb_dim}")
+        check_rgb_split(rgb_dim, input_dim)
         self.input_dim = input_dim
         self.rgb_dim = rgb_dim
         self.num_clusters = num_clusters
