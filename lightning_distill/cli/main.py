@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from rich.console import Console
 
 from lightning_distill.cli.data_commands import COMMANDS as DATA_COMMANDS
+from lightning_distill.cli.experiment_command import COMMANDS as EXPERIMENT_COMMANDS
 from lightning_distill.cli.trainer import VDistillTrainer
 from lightning_distill.data.datamodule import YT8MDataModule
 from lightning_distill.errors import VDistillError
@@ -29,7 +30,7 @@ DEFAULT_LOGGER = {
     "init_args": {"project": "vdistill", "save_dir": "runs", "offline": True},
 }
 
-STANDALONE_COMMANDS = DATA_COMMANDS
+STANDALONE_COMMANDS = {**DATA_COMMANDS, **EXPERIMENT_COMMANDS}
 
 
 class LoggedConfig(SaveConfigCallback):

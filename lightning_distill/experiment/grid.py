@@ -1,0 +1,240 @@
+"""The experiment grid: which models to train (the paper's Table 1 axes) and its expansion into cells.
+
+A grid names an encoder family and the directory of its base configs, the student frame counts k, the
+from-scratch baselines (frame samplers) and the teacher-student variants (Serial/Parallel x loss set), and
+the seeds. ``expand_grid`` turns it into *cells*: one training run each, the teacher first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_distill.errors import ConfigError
+
+# Baseline name -> (sampler class in lightning_distill.data.samplers, the paper's row label).
+BASELINES: dict[str, tuple[str, str]] = {
+    "uniform": ("UniformSampler", "Uniform-k"),
+    "random": ("RandomSampler", "Random-k"),
+    "first": ("FirstSampler", "First-k"),
+    "middle": ("MiddleSampler", "Middle-k"),
+    "last": ("LastSampler", "Last-k"),
+    "first_middle_last": ("FirstMiddleLastSampler", "First-Middle-Last-k"),
+}
+
+# Loss term name -> its symbol in the paper's tables. ``rep_i`` is L_rep^I (states at the student's frames).
+LOSS_TERMS: dict[str, str] = {"rep": "L_rep", "rep_i": "L_rep^I", "pred": "L_pred", "ce": "L_CE"}
+
+# Terms that only match representations: they send no gradient into the classifier head.
+REPRESENTATION_TERMS = {"rep", "rep_i"}
+
+MODES = ("serial", "parallel")
+
+# The data module arguments that say where the data is; synthetic data fills them in.
+DATA_FILE_KEYS = ("train_files", "val_files", "test_files")
+
+# Base config file per role, formatted with the family: the lead's configs/ layout.
+ROLE_CONFIGS = {
+    "teacher": "teacher_{family}.yaml",
+    "baseline": "baseline_{family}.yaml",
+    "serial": "student_{family}.yaml",
+    "parallel": "parallel_{family}.yaml",
+}
+
+
+@dataclass
+class StudentVariant:
+    """One teacher-student training recipe (a row of the lower half of Table 1).
+
+    Args:
+        mode: ``serial`` (teacher trained first, then frozen) or ``parallel`` (teacher and student jointly).
+        losses: the student's loss terms, a subset of ``rep``, ``rep_i`` (L_rep^I), ``pred``, ``ce``. A serial
+            set of representation terms only (nothing trains the classifier) adds the paper's second stage:
+            fine-tune the student and the teacher's classifier with L_CE.
+        weights: optional weight per term (default: the base config's weights, else 1).
+    """
+
+    mode: str
+    losses: list[str]
+    weights: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        """Filesystem-safe id, e.g. ``serial-rep_pred_ce``."""
+        return f"{self.mode}-{'_'.join(self.losses)}"
+
+    @property
+    def two_stage(self) -> bool:
+        """Whether the paper's second (L_CE fine-tuning) stage follows: serial, and no term trains the head."""
+        return self.mode == "serial" and set(self.losses) <= REPRESENTATION_TERMS
+
+    @property
+    def label(self) -> str:
+        """The paper's row label, e.g. ``Serial L_rep, L_pred, L_CE``."""
+        return f"{self.mode.capitalize()} {', '.join(LOSS_TERMS[t] for t in self.losses)}"
+
+
+@dataclass
+class Grid:
+    """What to train and compare: a Table-1-shaped grid for one encoder family.
+
+    Args:
+        family: encoder family as spelled in the base config names (``hrnn``, ``netvlad``, ``nextvlad``).
+        configs: directory with the base configs ``teacher_<family>.yaml``, ``baseline_<family>.yaml``,
+            ``student_<family>.yaml`` and ``parallel_<family>.yaml`` (e.g. ``configs`` or ``configs/tiny``;
+            relative to the working directory).
+        ks: student frame counts (the table's columns; paper: 6, 10, 15, 20, 30).
+        baselines: models trained from scratch on k frames, by sampler: ``uniform``, ``random``, ``first``,
+            ``middle``, ``last``, ``first_middle_last``.
+        students: teacher-student variants (Serial/Parallel x loss set).
+        seeds: one run of every cell per seed; the report averages over seeds.
+        trainer: ``Trainer`` arguments set in every cell (e.g. ``max_epochs``, ``limit_train_batches``).
+        data: ``YT8MDataModule`` arguments set in every cell (e.g. ``batch_size``, ``train_files``); data files
+            not set here come from the base configs.
+        k_overrides: config overrides for the k-frame cells at one k, merged into their config, e.g.
+            ``{6: {model: {init_args: {encoder: {init_args: {block_length: 3}}}}}}`` (H-RNN's blocks must tile k).
+        synthetic: when set, ``lightning_distill.data.synthetic.generate`` arguments: data is generated once into
+            ``<output>/data`` and replaces the data files of ``data``.
+        tsne_videos: test videos embedded in the teacher/student t-SNE plot (0 skips the plot).
+    """
+
+    family: str
+    configs: str
+    ks: list[int]
+    baselines: list[str] = field(default_factory=lambda: ["uniform"])
+    students: list[StudentVariant] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    trainer: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    k_overrides: dict[int, dict[str, Any]] = field(default_factory=dict)
+    synthetic: dict[str, Any] | None = None
+    tsne_videos: int = 500
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid.
+
+    Attributes:
+        name: unique id and directory name, e.g. ``teacher-s0``, ``uniform-k6-s0``, ``serial-rep_ce-k6-s0``.
+        role: ``teacher``, ``baseline``, ``serial`` or ``parallel``; picks the base config.
+        method: the report's row label (``Teacher``, ``Uniform-k``, ``Serial L_rep, L_CE``, ...).
+        k: student frame count; None for the all-frames teacher.
+        seed: the run's seed.
+        base_config: the base config file the cell's config starts from.
+        sampler: sampler class name in ``lightning_distill.data.samplers`` for k-frame models, else None.
+        variant: the teacher-student recipe, for ``serial``/``parallel`` cells.
+        teacher: name of the cell whose checkpoint a serial student distils from (it must finish first).
+    """
+
+    name: str
+    role: str
+    method: str
+    k: int | None
+    seed: int
+    base_config: Path
+    sampler: str | None = None
+    variant: StudentVariant | None = None
+    teacher: str | None = None
+
+
+TEACHER_METHOD = "Teacher"
+
+
+def check_grid(grid: Grid) -> None:
+    """Raise ``ConfigError`` naming the first invalid entry of ``grid`` and what would be valid."""
+    if not grid.ks:
+        raise ConfigError("the grid has no ks: list the student frame counts, e.g. ks: [6, 30]")
+    bad_k = [k for k in grid.ks if not isinstance(k, int) or k < 1]
+    if bad_k:
+        raise ConfigError(f"ks {bad_k} are invalid: every k is a frame count >= 1")
+    for name, values in {"ks": grid.ks, "baselines": grid.baselines, "seeds": grid.seeds}.items():
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{name} {values} lists a value twice: list each once")
+    unknown = [b for b in grid.baselines if b not in BASELINES]
+    if unknown:
+        raise ConfigError(f"unknown baselines {unknown}: choose from {', '.join(BASELINES)}")
+    if not grid.seeds:
+        raise ConfigError("the grid has no seeds: give at least one, e.g. seeds: [0]")
+    slugs = [variant.slug for variant in grid.students]
+    if len(set(slugs)) != len(slugs):
+        raise ConfigError(f"students list a variant twice ({slugs}): list each mode + loss set once")
+    for variant in grid.students:
+        _check_variant(variant)
+    stray_ks = [k for k in grid.k_overrides if k not in grid.ks]
+    if stray_ks:
+        raise ConfigError(f"k_overrides for k={stray_ks} which are not in ks {grid.ks}: add them to ks or drop them")
+    if grid.tsne_videos < 0:
+        raise ConfigError(f"tsne_videos={grid.tsne_videos} is negative: pass 0 to skip the t-SNE plot")
+    if grid.synthetic is not None and any(key in grid.data for key in DATA_FILE_KEYS):
+        raise ConfigError("the grid sets both synthetic and data files: keep one (synthetic data fills the files)")
+    for role in _roles(grid):
+        path = base_config_path(grid, role)
+        if not path.is_file():
+            raise ConfigError(f"base config {path} for the {role} cells does not exist: check family and configs")
+
+
+
+def _check_variant(variant: StudentVariant) -> None:
+    if variant.mode not in MODES:
+        raise ConfigError(f"student mode {variant.mode!r} is unknown: use {' or '.join(MODES)}")
+    if not variant.losses:
+        raise ConfigError(f"the {variant.mode} student has no losses: choose from {', '.join(LOSS_TERMS)}")
+    unknown = [t for t in variant.losses if t not in LOSS_TERMS]
+    if unknown:
+        raise ConfigError(f"unknown loss terms {unknown} in {variant.slug}: choose from {', '.join(LOSS_TERMS)}")
+    if len(set(variant.losses)) != len(variant.losses):
+        raise ConfigError(f"{variant.slug} lists a loss term twice: list each once")
+    stray = [t for t in variant.weights if t not in variant.losses]
+    if stray:
+        raise ConfigError(f"weights for {stray} in {variant.slug} are not among its losses {variant.losses}")
+
+
+def _roles(grid: Grid) -> list[str]:
+    """The roles whose base configs the grid uses."""
+    roles = ["teacher"] + (["baseline"] if grid.baselines else [])
+    return roles + sorted({variant.mode for variant in grid.students})
+
+
+def base_config_path(grid: Grid, role: str) -> Path:
+    """The base config file of ``role`` cells: ``<configs>/<role>_<family>.yaml``."""
+    return Path(grid.configs) / ROLE_CONFIGS[role].format(family=grid.family)
+
+
+def expand_grid(grid: Grid) -> list[Cell]:
+    """Check ``grid`` and list its cells: per seed the teacher, then baselines and students for every k.
+
+    Serial students name their seed's teacher cell, whose checkpoint they distil from; parallel students train
+    their own teacher and depend on nothing.
+    """
+    check_grid(grid)
+    cells: list[Cell] = []
+    for seed in grid.seeds:
+        teacher = f"teacher-s{seed}"
+        cells.append(Cell(teacher, "teacher", TEACHER_METHOD, None, seed, base_config_path(grid, "teacher")))
+        for k in grid.ks:
+            for baseline in grid.baselines:
+                sampler, label = BASELINES[baseline]
+                path = base_config_path(grid, "baseline")
+                cells.append(Cell(f"{baseline}-k{k}-s{seed}", "baseline", label, k, seed, path, sampler=sampler))
+            for variant in grid.students:
+                cells.append(
+                    Cell(
+                        name=f"{variant.slug}-k{k}-s{seed}",
+                        role=variant.mode,
+                        method=variant.label,
+                        k=k,
+                        seed=seed,
+                        base_config=base_config_path(grid, variant.mode),
+                        sampler=BASELINES["uniform"][0],  # the paper's students all see Uniform-k frames
+                        variant=variant,
+                        teacher=teacher if variant.mode == "serial" else None,
+                    )
+                )
+    return cells
+
+
+def row_labels(grid: Grid) -> list[str]:
+    """The report's rows in Table 1's order: baselines, then teacher-student variants, as listed in the grid."""
+    return [BASELINES[b][1] for b in grid.baselines] + [variant.label for variant in grid.students]

@@ -1,0 +1,343 @@
+"""The experiment report: a Table-1-shaped GAP/mAP table, the teacher skyline, the cost table and the plots,
+written as report.md, report.json and PNGs, and logged to an offline W&B run.
+
+Every number comes from a finished cell's files (``done.json`` present): test metrics from its
+``test_metrics.json``, curves from its CSV log, costs from ``vdistill profile`` output. A table entry whose
+cells have not all finished is shown as "—" and its cells are listed as missing.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import fmean, stdev
+from typing import Any
+
+import wandb
+
+from lightning_distill.experiment.grid import TEACHER_METHOD, Cell, Grid, row_labels
+from lightning_distill.experiment.layout import ExperimentLayout, read_json, write_json_atomic
+from lightning_distill.experiment.plots import (
+    CurvePanel,
+    Series,
+    plot_cost_frontier,
+    plot_gap_vs_k,
+    plot_training_curves,
+)
+
+# The table's two numbers per (method, k), as in the paper's Table 1; mAP is the all-classes average the
+# paper's (2017/2018) evaluation code computed.
+TABLE_METRICS = ("gap", "map_all_classes")
+_MISSING = "—"
+
+
+@dataclass
+class CostEntry:
+    """Inference cost of one model, from ``vdistill profile``.
+
+    Attributes:
+        model: ``Teacher`` or ``k=<k>``.
+        frames: frames per video the model was profiled at.
+        profile: the profile JSON (``params``, ``macs_per_video``, ``flops_per_video``, ``videos_per_s``, ...).
+    """
+
+    model: str
+    frames: int
+    profile: dict[str, Any]
+
+
+def finished_metrics(layout: ExperimentLayout, cells: list[Cell]) -> dict[str, dict[str, float]]:
+    """Test metrics of every finished cell, by cell name (unfinished cells are absent)."""
+    return {
+        cell.name: read_json(layout.test_metrics(cell.name))
+        for cell in cells
+        if layout.done(cell.name).is_file()
+    }
+
+
+def model_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The cell's model's test metrics without their prefix, e.g. ``{"gap": .., "map_all_classes": ..}``.
+
+    Most cells log one model (``test/gap``); a Parallel cell logs its student and its teacher
+    (``test/student/gap``, ``test/teacher/gap``), and the table is about the student.
+    """
+    prefix = "test/student/" if any(key.startswith("test/student/") for key in metrics) else "test/"
+    names = {key: key[len(prefix) :] for key in metrics if key.startswith(prefix)}
+    return {name: metrics[key] for key, name in names.items() if "/" not in name}
+
+
+def aggregate(names: list[str], metrics: dict[str, dict[str, float]]) -> dict[str, Any] | None:
+    """The table entry of cells that differ only by seed: mean (and std over >= 2 seeds) of each table metric.
+
+    Returns None unless every cell has finished, so a shown number never averages a partial set of seeds.
+    """
+    if not names or any(name not in metrics for name in names):
+        return None
+    per_cell = [model_metrics(metrics[name]) for name in names]
+    entry: dict[str, Any] = {"cells": names}
+    for metric in TABLE_METRICS:
+        values = [m[metric] for m in per_cell]
+        entry[metric] = fmean(values)
+        if len(values) > 1:
+            entry[f"{metric}_std"] = stdev(values)
+    return entry
+
+
+def build_report(
+    grid: Grid,
+    cells: list[Cell],
+    metrics: dict[str, dict[str, float]],
+    costs: list[CostEntry],
+) -> dict[str, Any]:
+    """The report as a JSON-ready dict: table rows by method and k, the teacher, costs and missing cells."""
+    by_method: dict[tuple[str, int | None], list[str]] = {}
+    kind: dict[str, str] = {}
+    for cell in cells:
+        by_method.setdefault((cell.method, cell.k), []).append(cell.name)
+        kind[cell.method] = "baseline" if cell.role == "baseline" else "teacher-student"
+    rows = [
+        {
+            "method": method,
+            "kind": kind[method],
+            "results": {str(k): aggregate(by_method[(method, k)], metrics) for k in grid.ks},
+        }
+        for method in row_labels(grid)
+    ]
+    return {
+        "family": grid.family,
+        "ks": grid.ks,
+        "seeds": grid.seeds,
+        "metrics": list(TABLE_METRICS),
+        "teacher": aggregate(by_method[(TEACHER_METHOD, None)], metrics),
+        "rows": rows,
+        "cost": [
+            {"model": c.model, "frames": c.frames, **c.profile, "gflops_per_video": c.profile["flops_per_video"] / 1e9}
+            for c in costs
+        ],
+        "missing": [cell.name for cell in cells if cell.name not in metrics],
+    }
+
+
+def render_markdown(report: dict[str, Any], figures: dict[str, str], command: str) -> str:
+    """report.md: the command, Table 1 (GAP and mAP per k), the skyline, the cost table, figures, missing cells."""
+    ks = report["ks"]
+    seeds = report["seeds"]
+    lines = [
+        f"# Experiment report: {report['family']}",
+        "",
+        f"Produced by `{command}`. Test-split metrics; "
+        + (f"mean ± std over seeds {seeds}." if len(seeds) > 1 else f"seed {seeds[0]}.")
+        + " mAP is averaged over all classes (the paper's evaluation code).",
+        "",
+        "## Table 1: GAP and mAP with k frames",
+        "",
+        "| Model | " + " | ".join(f"k={k} GAP | k={k} mAP" for k in ks) + " |",
+        "|---|" + "---:|---:|" * len(ks),
+    ]
+    headings = {"baseline": "Baselines (k frames, trained from scratch)", "teacher-student": "Teacher-student"}
+    for kind, heading in headings.items():
+        rows = [row for row in report["rows"] if row["kind"] == kind]
+        if rows:
+            lines.append(f"| **{heading}** |" + " |" * (2 * len(ks)))
+        for row in rows:
+            cells = [_format(row["results"][str(k)], metric) for k in ks for metric in TABLE_METRICS]
+            lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    teacher = report["teacher"]
+    lines += [
+        "",
+        f"Teacher skyline (all frames): GAP {_format(teacher, 'gap')}, mAP {_format(teacher, 'map_all_classes')}.",
+        "",
+    ]
+    if report["cost"]:
+        lines += _cost_lines(report["cost"])
+    for title, name in figures.items():
+        lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    if report["missing"]:
+        lines += ["## Missing cells", "", "Not finished, shown as —: " + ", ".join(report["missing"]) + ".", ""]
+    return "\n".join(lines)
+
+
+def _format(entry: dict[str, Any] | None, metric: str) -> str:
+    if entry is None:
+        return _MISSING
+    if f"{metric}_std" in entry:
+        return f"{entry[metric]:.3f} ± {entry[f'{metric}_std']:.3f}"
+    return f"{entry[metric]:.3f}"
+
+
+def _cost_lines(cost: list[dict[str, Any]]) -> list[str]:
+    """The cost table (the paper's Table 3/6): FLOPs, MACs and measured throughput, teacher vs each k."""
+    teacher_flops = next((c["flops_per_video"] for c in cost if c["model"] == TEACHER_METHOD), None)
+    lines = [
+        "## Inference cost per video",
+        "",
+        "| Model | frames | parameters | GFLOPs | GMACs | FLOPs vs teacher | videos/s (measured) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in cost:
+        share = f"{100 * c['flops_per_video'] / teacher_flops:.1f}%" if teacher_flops else _MISSING
+        lines.append(
+            f"| {c['model']} | {c['frames']} | {c['params']:,} | {c['gflops_per_video']:.4f} | "
+            f"{c['macs_per_video'] / 1e9:.4f} | {share} | {c['videos_per_s']:,.1f} |"
+        )
+    return lines + [""]
+
+
+def method_series(report: dict[str, Any], x_of_k: dict[int, float]) -> list[Series]:
+    """Per table row, GAP against ``x_of_k[k]`` at the ks whose entry has finished (and whose x is known)."""
+    series = []
+    for row in report["rows"]:
+        entries = {k: row["results"][str(k)] for k in report["ks"]}
+        points = [(x_of_k[k], entry["gap"]) for k, entry in entries.items() if entry and k in x_of_k]
+        if points:
+            xs, ys = zip(*points)
+            series.append(Series(row["method"], list(xs), list(ys), baseline=row["kind"] == "baseline"))
+    return series
+
+
+def read_curve(path: Path, key: str) -> tuple[list[int], list[float]]:
+    """(epochs trained, value) of ``key`` in a CSVLogger ``metrics.csv``; empty if the key was never logged."""
+    if not path.is_file():
+        return [], []
+    epochs, values = [], []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get(key):
+                epochs.append(int(float(row["epoch"])) + 1)
+                values.append(float(row[key]))
+    return epochs, values
+
+
+def curve_panels(
+    layout: ExperimentLayout, grid: Grid, cells: list[Cell], metrics: dict[str, dict[str, float]]
+) -> list[CurvePanel]:
+    """Figure 2's panels: per loss set, validation GAP per epoch of the parallel teacher and student and of the
+    serial student, with the serial (independently trained) teacher as a constant line.
+
+    Uses the first seed and the largest k whose cells of that loss set have finished.
+    """
+    seed = grid.seeds[0]
+    done = {cell.name: cell for cell in cells if cell.name in metrics and cell.seed == seed}
+    teacher = next((c for c in done.values() if c.role == "teacher"), None)
+    teacher_gap = read_curve(layout.curves(teacher.name), "val/gap")[1] if teacher else []
+    panels = []
+    for losses in dict.fromkeys(tuple(v.losses) for v in grid.students):
+        for k in sorted(grid.ks, reverse=True):
+            chosen = [c for c in done.values() if c.k == k and c.variant and tuple(c.variant.losses) == losses]
+            if not chosen:
+                continue
+            curves = {}
+            for cell in chosen:
+                mode = cell.role.capitalize()
+                sides = ("teacher", "student") if cell.role == "parallel" else ("student",)
+                for side in sides:
+                    epochs, values = _side_curve(layout.curves(cell.name), side)
+                    if epochs:
+                        curves[f"{mode} {side}"] = (epochs, values)
+            # Serial students distil from the teacher checkpoint, its best epoch when its config monitors val/gap.
+            constants = {"Serial teacher": max(teacher_gap)} if teacher_gap else {}
+            if curves:
+                symbols = chosen[0].variant.label.split(" ", 1)[1]
+                panels.append(CurvePanel(f"{symbols} (k={k})", curves, constants))
+            break
+    return panels
+
+
+def _side_curve(path: Path, side: str) -> tuple[list[int], list[float]]:
+    """Validation GAP per epoch of one model of a cell: ``val/<side>/gap`` when logged per side, else ``val/gap``."""
+    epochs, values = read_curve(path, f"val/{side}/gap")
+    return (epochs, values) if epochs else read_curve(path, "val/gap")
+
+
+def write_report(
+    layout: ExperimentLayout,
+    grid: Grid,
+    cells: list[Cell],
+    costs: list[CostEntry],
+    command: str,
+    tsne_figure: Path | None = None,
+) -> dict[str, Any]:
+    """Write report.json, report.md and the PNGs into the experiment directory; return the report dict.
+
+    Args:
+        layout: the experiment's files.
+        grid: the grid the cells came from.
+        cells: all cells of the grid, finished or not.
+        costs: profiled inference costs (teacher and each k).
+        command: the command that produced the experiment (quoted in report.md).
+        tsne_figure: the t-SNE PNG already written into the experiment directory, if any.
+    """
+    metrics = finished_metrics(layout, cells)
+    report = build_report(grid, cells, metrics, costs)
+    figures = _draw_figures(layout, grid, cells, metrics, report)
+    if tsne_figure is not None:
+        figures["Teacher and student representations (t-SNE)"] = tsne_figure.name
+    report["figures"] = figures
+    write_json_atomic(layout.report_json, report)
+    layout.report_md.write_text(render_markdown(report, figures, command))
+    return report
+
+
+def _draw_figures(
+    layout: ExperimentLayout,
+    grid: Grid,
+    cells: list[Cell],
+    metrics: dict[str, dict[str, float]],
+    report: dict[str, Any],
+) -> dict[str, str]:
+    """Draw every figure the finished cells allow; returns title -> PNG file name (relative to the report)."""
+    figures: dict[str, str] = {}
+    teacher_gap = report["teacher"]["gap"] if report["teacher"] else None
+    by_k = method_series(report, {k: float(k) for k in report["ks"]})
+    if by_k:
+        plot_gap_vs_k(by_k, teacher_gap, layout.root / "gap_vs_k.png")
+        figures["GAP vs k"] = "gap_vs_k.png"
+    gflops = {c["frames"]: c["gflops_per_video"] for c in report["cost"] if c["model"] != TEACHER_METHOD}
+    frontier = method_series(report, gflops)
+    if frontier:
+        teacher_cost = next((c["gflops_per_video"] for c in report["cost"] if c["model"] == TEACHER_METHOD), None)
+        teacher_point = (teacher_cost, teacher_gap) if teacher_cost is not None and teacher_gap is not None else None
+        plot_cost_frontier(frontier, teacher_point, layout.root / "gap_vs_gflops.png")
+        figures["GAP vs inference cost"] = "gap_vs_gflops.png"
+    panels = curve_panels(layout, grid, cells, metrics)
+    if panels:
+        plot_training_curves(panels, layout.root / "training_curves.png")
+        figures["Teacher and student validation GAP during training (Parallel vs Serial)"] = "training_curves.png"
+    return figures
+
+
+
+def log_to_wandb(layout: ExperimentLayout, report: dict[str, Any], name: str) -> Path:
+    """Log the table, the cost table and every figure to an offline W&B run under the experiment directory.
+
+    Returns the run's directory; ``wandb sync`` it to upload.
+    """
+    columns = ["method", "k", *TABLE_METRICS]
+    table = [
+        [row["method"], int(k), *(entry[m] for m in TABLE_METRICS)]
+        for row in report["rows"]
+        for k, entry in row["results"].items()
+        if entry is not None
+    ]
+    if report["teacher"] is not None:
+        table.append([TEACHER_METHOD, None, *(report["teacher"][m] for m in TABLE_METRICS)])
+    cost_columns = ["model", "frames", "params", "gflops_per_video", "macs_per_video", "videos_per_s"]
+    run = wandb.init(
+        mode="offline",
+        dir=str(layout.root),
+        project="vdistill",
+        name=name,
+        job_type="experiment",
+        config={"family": report["family"], "ks": report["ks"], "seeds": report["seeds"]},
+    )
+    run.log(
+        {
+            "table1": wandb.Table(columns=columns, data=table),
+            "cost": wandb.Table(columns=cost_columns, data=[[c[key] for key in cost_columns] for c in report["cost"]]),
+            **{f"figures/{Path(f).stem}": wandb.Image(str(layout.root / f)) for f in report["figures"].values()},
+        }
+    )
+    run_dir = Path(run.dir).parent
+    run.finish()
+    return run_dir

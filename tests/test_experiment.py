@@ -1,0 +1,307 @@
+"""``vdistill experiment``: grid expansion and validation, the report built from cell files, and a miniature grid
+run end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from lightning_distill.cli.experiment_command import experiment
+from lightning_distill.cli.main import main
+from lightning_distill.errors import ConfigError
+from lightning_distill.experiment.cell_config import cell_configs, deep_merge, load_yaml
+from lightning_distill.experiment.grid import ROLE_CONFIGS, Grid, StudentVariant, expand_grid, row_labels
+from lightning_distill.experiment.layout import ExperimentLayout, write_json_atomic
+from lightning_distill.experiment.report import CostEntry, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FILES = {"train_files": "t/*.tfrecord", "val_files": "v/*.tfrecord", "test_files": "x/*.tfrecord"}
+
+
+@pytest.fixture
+def configs(tmp_path: Path) -> Path:
+    """A configs directory holding (empty) base configs of every role for family ``hrnn``."""
+    directory = tmp_path / "configs"
+    directory.mkdir()
+    for name in ROLE_CONFIGS.values():
+        (directory / name.format(family="hrnn")).write_text("{}\n")
+    return directory
+
+
+def make_grid(configs: Path, **changes) -> Grid:
+    fields = dict(
+        family="hrnn",
+        configs=str(configs),
+        ks=[6, 30],
+        baselines=["uniform", "last"],
+        students=[StudentVariant("serial", ["rep", "pred", "ce"]), StudentVariant("parallel", ["rep", "ce"])],
+        seeds=[0, 1],
+        data=dict(FILES),
+    )
+    return Grid(**{**fields, **changes})
+
+
+def test_expansion_has_one_teacher_per_seed_and_every_method_at_every_k(configs):
+    grid = make_grid(configs)
+    cells = expand_grid(grid)
+    names = [c.name for c in cells]
+    assert len(names) == len(set(names)) == 2 * (1 + 2 * (2 + 2))
+    for seed in grid.seeds:
+        seeded = [c for c in cells if c.seed == seed]
+        assert [c.role for c in seeded].count("teacher") == 1 and seeded[0].role == "teacher"
+        for method in row_labels(grid):
+            assert sorted(c.k for c in seeded if c.method == method) == grid.ks
+    for cell in cells:
+        # Serial students distil from their own seed's teacher, which runs before them; nothing else waits.
+        if cell.role == "serial":
+            assert cell.teacher == f"teacher-s{cell.seed}" and names.index(cell.teacher) < names.index(cell.name)
+        else:
+            assert cell.teacher is None
+        if cell.role in ("serial", "parallel"):
+            assert cell.sampler == "UniformSampler"
+        assert cell.base_config.is_file()
+
+
+def test_rows_follow_table_1_order(configs):
+    assert row_labels(make_grid(configs)) == [
+        "Uniform-k",
+        "Last-k",
+        "Serial L_rep, L_pred, L_CE",
+        "Parallel L_rep, L_CE",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"baselines": ["uniform", "best"]}, "unknown baselines"),
+        ({"ks": [6, 0]}, "k is a frame count"),
+        ({"ks": []}, "no ks"),
+        ({"ks": [6, 6]}, "twice"),
+        ({"seeds": []}, "no seeds"),
+        ({"students": [StudentVariant("sideways", ["ce"])]}, "mode"),
+        ({"students": [StudentVariant("serial", ["rep", "kd"])]}, "unknown loss terms"),
+        ({"students": [StudentVariant("serial", [])]}, "no losses"),
+        ({"students": [StudentVariant("serial", ["rep"], {"ce": 1.0})]}, "not among its losses"),
+        ({"family": "lstm"}, "does not exist"),
+        ({"synthetic": {}}, "both synthetic and data"),
+        ({"tsne_videos": -1}, "negative"),
+    ],
+)
+def test_invalid_grids_raise_config_error(configs, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        expand_grid(make_grid(configs, **changes))
+
+
+def fabricate_cell(layout: ExperimentLayout, name: str, metrics: dict[str, float], curve: Sequence[dict] = ()) -> None:
+    """The files a finished cell leaves behind: test metrics, a CSV log of validation metrics, done.json."""
+    write_json_atomic(layout.test_metrics(name), metrics)
+    if curve:
+        keys = sorted({key for row in curve for key in row})
+        lines = [",".join(keys)] + [",".join(str(row.get(key, "")) for key in keys) for row in curve]
+        layout.curves(name).parent.mkdir(parents=True, exist_ok=True)
+        layout.curves(name).write_text("\n".join(lines) + "\n")
+    write_json_atomic(layout.done(name), {"cell": name})
+
+
+def test_report_numbers_come_from_finished_cells_and_missing_cells_show_as_dashes(configs, tmp_path):
+    grid = make_grid(configs, seeds=[0])
+    cells = expand_grid(grid)
+    layout = ExperimentLayout(tmp_path / "run")
+    unfinished = "uniform-k30-s0"
+    for i, cell in enumerate(cells):
+        if cell.name == unfinished:
+            continue
+        if cell.role == "parallel":
+            metrics = {
+                "test/student/gap": 0.5 + i / 100,
+                "test/student/map_all_classes": 0.2 + i / 100,
+                "test/teacher/gap": 0.9,
+                "test/teacher/map_all_classes": 0.4,
+            }
+            curve = [
+                {"epoch": e, "step": e, "val/teacher/gap": 0.6 + e / 10, "val/student/gap": 0.5 + e / 10}
+                for e in range(3)
+            ]
+        else:
+            metrics = {"test/gap": 0.5 + i / 100, "test/map_all_classes": 0.2 + i / 100, "test/map": 0.3}
+            curve = [{"epoch": e, "step": e, "val/gap": 0.55 + e / 10} for e in range(3)]
+        fabricate_cell(layout, cell.name, metrics, curve)
+    costs = [
+        CostEntry("Teacher", 300, {"params": 10, "macs_per_video": 5e8, "flops_per_video": 1e9, "videos_per_s": 50.0}),
+        CostEntry("k=6", 6, {"params": 10, "macs_per_video": 1e7, "flops_per_video": 2e7, "videos_per_s": 900.0}),
+        CostEntry("k=30", 30, {"params": 10, "macs_per_video": 5e7, "flops_per_video": 1e8, "videos_per_s": 400.0}),
+    ]
+
+    report = write_report(layout, grid, cells, costs, command="vdistill experiment --config g.yaml --output run")
+
+    assert json.loads(layout.report_json.read_text()) == report
+    assert report["missing"] == [unfinished]
+    assert [row["method"] for row in report["rows"]] == row_labels(grid)
+    for row in report["rows"]:
+        assert list(row["results"]) == ["6", "30"]
+        for k, entry in row["results"].items():
+            if entry is None:
+                assert (row["method"], k) == ("Uniform-k", "30")
+                continue
+            (name,) = entry["cells"]
+            stored = json.loads(layout.test_metrics(name).read_text())
+            prefix = "test/student/" if "test/student/gap" in stored else "test/"
+            assert entry["gap"] == stored[prefix + "gap"]
+            assert entry["map_all_classes"] == stored[prefix + "map_all_classes"]
+    assert report["teacher"]["gap"] == json.loads(layout.test_metrics("teacher-s0").read_text())["test/gap"]
+    assert [c["gflops_per_video"] for c in report["cost"]] == [1.0, 0.02, 0.1]
+
+    markdown = layout.report_md.read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| Model |"))
+    assert header.count("GAP") == header.count("mAP") == len(grid.ks)
+    uniform_row = next(line for line in markdown.splitlines() if line.startswith("| Uniform-k |"))
+    assert uniform_row.count("—") == 2  # k=30 GAP and mAP
+    assert unfinished in markdown.split("## Missing cells")[1]
+    assert set(report["figures"].values()) == {"gap_vs_k.png", "gap_vs_gflops.png", "training_curves.png"}
+    for file in report["figures"].values():
+        assert (layout.root / file).read_bytes().startswith(PNG_SIGNATURE)
+        assert f"]({file})" in markdown
+
+
+def test_seeds_are_averaged_only_when_all_have_finished(configs, tmp_path):
+    grid = make_grid(configs, ks=[6], baselines=["uniform"], students=[], seeds=[0, 1])
+    cells = expand_grid(grid)
+    layout = ExperimentLayout(tmp_path / "run")
+    fabricate_cell(layout, "uniform-k6-s0", {"test/gap": 0.5, "test/map_all_classes": 0.2})
+    report = write_report(layout, grid, cells, [], command="c")
+    assert report["rows"][0]["results"]["6"] is None
+    fabricate_cell(layout, "uniform-k6-s1", {"test/gap": 0.7, "test/map_all_classes": 0.4})
+    entry = write_report(layout, grid, cells, [], command="c")["rows"][0]["results"]["6"]
+    assert entry["gap"] == pytest.approx(0.6) and entry["gap_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert entry["cells"] == ["uniform-k6-s0", "uniform-k6-s1"]
+
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "configs" / "experiments").glob("*.yaml")))
+def test_presets_parse_as_the_command_parses_them(preset, monkeypatch):
+    """Each preset is a valid ``vdistill experiment --config`` file whose cells all have base configs."""
+    monkeypatch.chdir(REPO)  # presets name their base configs relative to the repository
+    parser = ArgumentParser()
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_function_arguments(experiment)
+    parsed = parser.parse_args(["--config", f"configs/experiments/{preset}", "--output", "unused"])
+    grid = parser.instantiate_classes(parsed).grid
+    cells = expand_grid(grid)
+    assert cells[0].role == "teacher" and all(cell.base_config.is_file() for cell in cells)
+    if preset.startswith("paper-"):
+        assert grid.ks == [6, 10, 15, 20, 30] and len(grid.baselines) == 6 and len(grid.students) == 10
+
+
+MINI_GRID = """
+grid:
+  family: hrnn
+  configs: {configs}
+  ks: [6]
+  baselines: [uniform]
+  students:
+    - {{mode: serial, losses: [rep, pred, ce]}}
+  trainer: {{max_epochs: 2, limit_train_batches: 2, limit_val_batches: 1, enable_progress_bar: false,
+             enable_model_summary: false}}
+  data: {{batch_size: 16, num_workers: 0}}
+  synthetic: {{train_videos: 40, validate_videos: 16, test_videos: 40, num_classes: 8, min_frames: 20,
+               max_frames: 60, labels_per_video: [1, 2]}}
+  tsne_videos: 30
+workers: 2
+"""
+
+
+def test_miniature_grid_runs_end_to_end_reports_cell_numbers_and_resumes(tmp_path):
+    """Teacher, a baseline and a Serial student through `vdistill experiment`; then a rerun that trains nothing."""
+    grid_file = tmp_path / "mini.yaml"
+    grid_file.write_text(MINI_GRID.format(configs=REPO / "configs" / "tiny"))
+    output = tmp_path / "run"
+    main(["experiment", "--config", str(grid_file), "--output", str(output)])
+
+    layout = ExperimentLayout(output)
+    report = json.loads(layout.report_json.read_text())
+    assert report["missing"] == []
+    assert [row["method"] for row in report["rows"]] == ["Uniform-k", "Serial L_rep, L_pred, L_CE"]
+    assert all(list(row["results"]) == ["6"] for row in report["rows"])
+    for entry in [row["results"]["6"] for row in report["rows"]] + [report["teacher"]]:
+        (cell,) = entry["cells"]
+        stored = json.loads(layout.test_metrics(cell).read_text())
+        assert (entry["gap"], entry["map_all_classes"]) == (stored["test/gap"], stored["test/map_all_classes"])
+    # The Serial student distilled from the teacher cell's checkpoint: trained once, reused.
+    student_config = layout.config("serial-rep_pred_ce-k6-s0").read_text()
+    assert str(layout.checkpoint("teacher-s0")) in student_config
+    assert [c["model"] for c in report["cost"]] == ["Teacher", "k=6"]
+    assert report["cost"][0]["flops_per_video"] > report["cost"][1]["flops_per_video"]
+    markdown = layout.report_md.read_text()
+    assert "| Uniform-k |" in markdown and "| Serial L_rep, L_pred, L_CE |" in markdown
+    assert "tsne.png" in report["figures"].values()
+    for file in report["figures"].values():
+        assert (output / file).read_bytes().startswith(PNG_SIGNATURE)
+    assert list((output / "wandb").glob("offline-run-*"))
+
+    cells = ("teacher-s0", "uniform-k6-s0", "serial-rep_pred_ce-k6-s0")
+    finished = {cell: layout.done(cell).stat().st_mtime_ns for cell in cells}
+    main(["experiment", "--config", str(grid_file), "--output", str(output)])
+    assert {cell: layout.done(cell).stat().st_mtime_ns for cell in finished} == finished
+    assert json.loads(layout.report_json.read_text())["rows"] == report["rows"]
+
+
+def test_merge_replaces_a_component_whose_class_changes():
+    base = {"sampler": {"class_path": "a.Uniform", "init_args": {"k": 6, "over_padded": True}}, "lr": 1}
+    assert deep_merge(base, {"sampler": {"init_args": {"k": 30}}}) == {
+        "sampler": {"class_path": "a.Uniform", "init_args": {"k": 30, "over_padded": True}},
+        "lr": 1,
+    }
+    assert deep_merge(base, {"sampler": {"class_path": "a.Last", "init_args": {"k": 6}}})["sampler"] == {
+        "class_path": "a.Last",
+        "init_args": {"k": 6},
+    }
+    assert base["sampler"]["init_args"]["k"] == 6  # inputs untouched
+
+
+def test_cell_configs_apply_the_cell_choices_and_keep_every_run_in_its_own_directory(tmp_path):
+    grid = Grid(
+        family="hrnn",
+        configs=str(REPO / "configs" / "tiny"),
+        ks=[6],
+        baselines=["last"],
+        students=[StudentVariant("serial", ["rep"]), StudentVariant("parallel", ["pred", "ce"], {"pred": 0.5})],
+        k_overrides={6: {"model": {"init_args": {"encoder": {"init_args": {"block_length": 2}}}}}},
+    )
+    layout = ExperimentLayout(tmp_path)
+    data = {"train_files": "/data/train*.tfrecord", "batch_size": 8}
+    configs = {cell.name: (cell, cell_configs(cell, grid, layout, data)) for cell in expand_grid(grid)}
+    for name, (cell, runs) in configs.items():
+        assert runs[-1][0] == layout.config(name)
+        for path, config in runs:
+            run_dir = path.parent
+            # Parallel cells never share a checkpoint or log file, whatever the base config's paths.
+            checkpoints = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+            assert [c["init_args"]["dirpath"] for c in checkpoints] == [str(run_dir / "checkpoints")]
+            assert {logger["init_args"]["save_dir"] for logger in config["trainer"]["logger"]} == {str(run_dir)}
+            assert config["data"]["train_files"] == data["train_files"] and config["seed_everything"] == cell.seed
+            base_encoder = load_yaml(cell.base_config)["model"]["init_args"]["encoder"]["init_args"]
+            encoder = config["model"]["init_args"]["encoder"]["init_args"]
+            assert encoder == ({**base_encoder, "block_length": 2} if cell.k == 6 else base_encoder)
+
+    last = configs["last-k6-s0"][1][0][1]["model"]["init_args"]
+    assert last["sampler"] == {"class_path": "lightning_distill.data.samplers.LastSampler", "init_args": {"k": 6}}
+    # L_rep alone: stage 1 matches the teacher's representation, stage 2 fine-tunes with L_CE from stage 1.
+    (stage1_path, stage1), (_, stage2) = configs["serial-rep-k6-s0"][1]
+    assert list(stage1["model"]["init_args"]["loss"]) == ["rep"]
+    assert stage1["model"]["init_args"]["teacher_checkpoint"] == str(layout.checkpoint("teacher-s0"))
+    assert list(stage2["model"]["init_args"]["loss"]) == ["ce"]
+    assert stage2["model"]["init_args"]["teacher_checkpoint"] is None
+    assert stage2["model"]["init_args"]["init_from"] == str(stage1_path.parent / "checkpoints" / "best.ckpt")
+    # A smaller loss set drops the base's other terms; a term keeps its base settings apart from the weight.
+    parallel = configs["parallel-pred_ce-k6-s0"][1][0][1]["model"]["init_args"]
+    base_pred = load_yaml(REPO / "configs" / "tiny" / "parallel_hrnn.yaml")["model"]["init_args"]["loss"]["pred"]
+    assert list(parallel["loss"]) == ["pred", "ce"]
+    assert parallel["loss"]["pred"]["init_args"] == {**base_pred["init_args"], "weight": 0.5}
