@@ -14,6 +14,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from rich.console import Console
 
+from lightning_distill.cli.allocator import keep_freed_memory
 from lightning_distill.cli.data_commands import COMMANDS as DATA_COMMANDS
 from lightning_distill.cli.experiment_command import COMMANDS as EXPERIMENT_COMMANDS
 from lightning_distill.cli.trainer import VDistillTrainer
@@ -110,6 +111,7 @@ def _description() -> str:
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``vdistill`` console script."""
     argv = list(sys.argv[1:] if args is None else args)
+    keep_freed_memory()
     try:
         if argv and argv[0] in STANDALONE_COMMANDS:
             CLI(STANDALONE_COMMANDS, args=argv)

@@ -39,11 +39,6 @@ console = Console()
 SYNTHETIC_FILES = {"train_files": "train*.tfrecord", "val_files": "validate*.tfrecord", "test_files": "test*.tfrecord"}
 
 
-# glibc returns every freed block above 128 KiB to the kernel and page-faults it back on the next batch: with
-# batches of (B, 300, 1152) float frames that was half of a CPU teacher's time (43 s of 88 s, in the kernel).
-# Keeping freed memory in the process removes it.
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**31), "MALLOC_TRIM_THRESHOLD_": str(2**31)}
-
 # `vdistill` in a fresh process of this interpreter (works without the console script on PATH).
 VDISTILL = [sys.executable, "-m", "lightning_distill.cli.main"]
 
@@ -116,7 +111,7 @@ def make_slots(workers: int, devices: str | None) -> list[Slot]:
             raise ConfigError(f"workers={workers}: run at least 1 cell at a time")
         # Without a cap every process would start a thread per core and the processes would fight for them.
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
-        env = {**ALLOCATOR_ENV, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads)}
+        env = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads)}
         return [Slot(env, ["--trainer.accelerator", "cpu", "--trainer.devices", "1"]) for _ in range(workers)]
     ids = [d.strip() for d in devices.split(",") if d.strip()]
     if ids == ["all"]:
@@ -124,7 +119,7 @@ def make_slots(workers: int, devices: str | None) -> list[Slot]:
     if not ids or not all(i.isdigit() for i in ids):
         raise ConfigError(f"devices={devices!r}: give GPU ids such as '0,1', or 'all' (with a GPU present)")
     flags = ["--trainer.accelerator", "gpu", "--trainer.devices", "1"]
-    return [Slot({**ALLOCATOR_ENV, "CUDA_VISIBLE_DEVICES": i}, flags) for i in ids]
+    return [Slot({"CUDA_VISIBLE_DEVICES": i}, flags) for i in ids]
 
 
 def prepare_data(grid: Grid, layout: ExperimentLayout) -> dict[str, Any]:
