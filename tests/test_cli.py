@@ -159,9 +159,7 @@ def test_fit_test_predict_profile_round_trip(synthetic_tfrecords, tmp_path, monk
 
     predictions = tmp_path / "predictions.csv"
     run_ok(["predict", student_config, *data, f"--ckpt_path={student}",
-            f"--data.predict_files={synthetic_tfrecords}/test*.tfrecord", "--return_predictions=false",
-            "--trainer.callbacks+=lightning_distill.evaluation.predictions.KagglePredictionWriter",
-            f"--trainer.callbacks.output={predictions}"])
+            f"--data.predict_files={synthetic_tfrecords}/test*.tfrecord", f"--predictions={predictions}"])
     rows = predictions.read_text().splitlines()
     assert rows[0] == "VideoId,LabelConfidencePairs" and len(rows) == 1 + 16
     pairs = rows[1].split(",")[1].split()

@@ -21,6 +21,7 @@ from lightning_distill.cli.trainer import VDistillTrainer
 from lightning_distill.data.datamodule import YT8MDataModule
 from lightning_distill.errors import VDistillError
 from lightning_distill.evaluation.cost_callback import CostProfileLogger
+from lightning_distill.evaluation.predictions import KagglePredictionWriter
 from lightning_distill.evaluation.report import print_metrics, write_metrics_json
 from lightning_distill.training.checkpoints import check_checkpoint
 from lightning_distill.training.module import VideoClassifierModule
@@ -73,6 +74,12 @@ class VDistillCLI(LightningCLI):
             default=None,
             help="validate/test: where to write the metrics as JSON (default: <log dir>/<stage>_metrics.json).",
         )
+        parser.add_argument(
+            "--predictions",
+            type=str | None,
+            default=None,
+            help="predict: write the Kaggle file (VideoId,LabelConfidencePairs, top 20) here, streamed per batch.",
+        )
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI rebuilds the model from the checkpoint's hyper-parameters; check the file first so a
@@ -83,6 +90,13 @@ class VDistillCLI(LightningCLI):
             if ckpt_path:
                 check_checkpoint(ckpt_path, self.config[subcommand].get("model"))
         super()._parse_ckpt_path()
+
+    def before_predict(self) -> None:
+        path = self._get(self.config, "predictions")
+        if path:
+            self.trainer.callbacks.append(KagglePredictionWriter(path))
+            # The file holds the predictions; keeping every batch's (B, C) scores in memory too would not scale.
+            self.config_init[self.subcommand]["return_predictions"] = False
 
     def after_validate(self) -> None:
         self._report("val")
