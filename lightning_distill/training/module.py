@@ -113,7 +113,14 @@ class VideoClassifierModule(L.LightningModule, ABC):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         ckpt_path = self._trainer.ckpt_path if self._trainer is not None else None
-        check_state_fits(checkpoint["state_dict"], self.state_dict(), source=f"checkpoint {ckpt_path or ''}".strip())
+        source = f"checkpoint {ckpt_path or ''}".strip()
+        trained_for = (checkpoint.get("hyper_parameters") or {}).get("num_classes")
+        if isinstance(trained_for, int) and trained_for != self.head.num_classes:
+            raise ConfigError(
+                f"{source} was trained for {trained_for} classes but the data has {self.head.num_classes}: "
+                "evaluate it on data with its label vocabulary (data.num_classes)"
+            )
+        check_state_fits(checkpoint["state_dict"], self.state_dict(), source=source)
 
     def setup(self, stage: str) -> None:
         max_frames = getattr(self.trainer.datamodule, "max_frames", None)
