@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_distill.cli.allocator import keep_freed_memory
 from lightning_distill.data.datamodule import YT8MDataModule
 from lightning_distill.data.frame_store import FrameStore, write_frame_store
 from lightning_distill.data.records import VideoRecord
@@ -44,7 +45,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=30, help="frames per video in the student view")
     parser.add_argument("--batches", type=int, default=40, help="timed batches per loader (after 3 warm-up)")
     parser.add_argument("--store", default="/tmp/vdistill-bench/loader.h5", help="store path (reused if present)")
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="keep glibc's default allocator instead of keep_freed_memory(), which every vdistill command sets",
+    )
     args = parser.parse_args(argv)
+    if not args.glibc_default:
+        # Measure the loader as `vdistill fit` runs it (and its worker processes inherit it).
+        keep_freed_memory()
 
     store = ensure_store(Path(args.store), args.videos)
     teacher, student = {"teacher": AllFramesSampler()}, {"student": UniformSampler(args.k)}
