@@ -158,6 +158,14 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str], command: st
     return "\n".join(lines)
 
 
+def table_section(markdown: str) -> str:
+    """The Table 1 part of report.md (heading to the teacher skyline), for printing at the end of a run."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("## Table 1"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("Teacher skyline"))
+    return "\n".join(lines[start : end + 1])
+
+
 def _format(entry: dict[str, Any] | None, metric: str) -> str:
     if entry is None:
         return _MISSING

@@ -24,13 +24,14 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markdown import Markdown
 
 from lightning_distill.data.synthetic import generate
 from lightning_distill.errors import ConfigError, VDistillError
 from lightning_distill.experiment.cell_config import cell_configs, dump_yaml
 from lightning_distill.experiment.grid import TEACHER_METHOD, Cell, Grid, expand_grid
 from lightning_distill.experiment.layout import ExperimentLayout, read_json, write_json_atomic
-from lightning_distill.experiment.report import CostEntry, log_to_wandb, write_report
+from lightning_distill.experiment.report import CostEntry, log_to_wandb, table_section, write_report
 from lightning_distill.experiment.tsne import plot_representations
 
 console = Console()
@@ -95,6 +96,8 @@ def run_experiment(
     tsne = plot_representations(layout, grid, cells) if grid.tsne_videos else None
     report = write_report(layout, grid, cells, costs, command, tsne)
     log_to_wandb(layout, report, name=f"experiment/{layout.root.name}")
+    # The teacher, baselines and students side by side, so the result is visible without opening a file.
+    console.print(Markdown(table_section(layout.report_md.read_text())))
     console.print(f"report: {layout.report_md} ({len(cells) - len(report['missing'])}/{len(cells)} cells finished)")
     if failed:
         raise VDistillError(
