@@ -117,6 +117,11 @@ def test_multi_hot(store_path):
     assert out.dtype == np.float32 and np.array_equal(out, expected)
 
 
+def test_label_counts_match_each_videos_labels(store_path, videos):
+    store = FrameStore(store_path)
+    assert store.label_counts.tolist() == [len(v.labels) for v in videos]
+
+
 def _read_in_worker(store: FrameStore) -> bytes:
     return store.read_frames(np.array([2]), np.array([[9, 0]])).tobytes()
 

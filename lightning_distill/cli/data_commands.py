@@ -9,7 +9,6 @@ from __future__ import annotations
 from inspect import signature as inspect_signature
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -108,7 +107,7 @@ def inspect(*, store: str) -> None:
     """
     frames = FrameStore(store)
     lengths = frames.lengths
-    label_counts = np.array([len(frames.labels(i)) for i in range(len(frames))], dtype=np.int64)
+    label_counts = frames.label_counts
     table = Table(title=f"frame store {store}", show_header=False)
     rows = {
         "videos": f"{len(frames):,}",

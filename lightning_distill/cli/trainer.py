@@ -34,8 +34,7 @@ class VDistillTrainer(Trainer):
             output: also write the profile as JSON here.
         """
         network = model.inference_network()
-        max_frames = getattr(datamodule, "max_frames", MAX_FRAMES)
-        num_frames = frames or network.sampler.k or max_frames
+        num_frames = frames or network.frames_per_video(getattr(datamodule, "max_frames", MAX_FRAMES))
         cost = profile_model(
             network.encoder,
             network.head,

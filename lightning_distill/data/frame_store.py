@@ -111,6 +111,11 @@ class FrameStore:
         rows = np.array(self._frames().rows(int(self._offsets[i]), int(self._offsets[i + 1])))
         return VideoRecord(self.video_ids[i], self.labels(i), rows[:, :RGB_DIM], rows[:, RGB_DIM:])
 
+    @property
+    def label_counts(self) -> np.ndarray:
+        """(N,) int64 number of labels of every video (0 for unlabelled ones), from the CSR offsets."""
+        return np.diff(self._label_offsets)
+
     def labels(self, index: int) -> np.ndarray:
         """(L,) int64 class ids of video ``index``, possibly empty."""
         i = self._index(index)

@@ -27,7 +27,7 @@ class CostProfileLogger(Callback):
         if trainer.logger is None or not hasattr(pl_module, "inference_network"):
             return
         network = pl_module.inference_network()
-        frames = network.sampler.k or getattr(trainer.datamodule, "max_frames", MAX_FRAMES)
+        frames = network.frames_per_video(getattr(trainer.datamodule, "max_frames", MAX_FRAMES))
         cost = profile_model(
             network.encoder,
             network.head,

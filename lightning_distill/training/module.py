@@ -39,6 +39,10 @@ class InferenceNetwork:
     head: ClassifierHead
     sampler: FrameSampler
 
+    def frames_per_video(self, max_frames: int) -> int:
+        """Frames the network reads per video: its sampler's k, or every frame up to ``max_frames``."""
+        return self.sampler.k or max_frames
+
 
 class VideoClassifierModule(L.LightningModule, ABC):
     """Base of the vdistill modules: ``encoder`` + ``head`` classify the videos of one view.
