@@ -11,7 +11,8 @@ iterates shuffled DataLoaders with the same batch size and worker count, side by
 
 Worker processes pay for handing every batch over through shared memory; reader threads do not. Prints a
 markdown table of steady-state videos/s (the first batches, worker start-up, are not timed) with the load
-average, since the numbers depend on what else the machine runs.
+average, since the numbers depend on what else the machine runs. With the default 20,000 videos an epoch is
+78 batches of 256: warm-up plus timed batches should stay within one epoch.
 
     python benchmarks/loader.py --videos 20000 --workers 2 --batch 256
 """
@@ -43,7 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=256, help="videos per batch")
     parser.add_argument("--workers", type=int, default=2, help="worker processes, and reader threads")
     parser.add_argument("--k", type=int, default=30, help="frames per video in the student view")
-    parser.add_argument("--batches", type=int, default=40, help="timed batches per loader (after 3 warm-up)")
+    parser.add_argument("--batches", type=int, default=60, help="timed batches per loader (after --warmup)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=10,
+        help="untimed batches first: worker start-up, and the process's heap growing to hold the batches in flight",
+    )
     parser.add_argument("--store", default="/tmp/vdistill-bench/loader.h5", help="store path (reused if present)")
     parser.add_argument(
         "--glibc-default",
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n| loader | videos/s | frames MB/s | load average |\n|---|---:|---:|---:|")
     for name, loader in runs.items():
         load = os.getloadavg()[0]
-        videos_per_s, megabytes_per_s = measure(loader, args.batches)
+        videos_per_s, megabytes_per_s = measure(loader, args.batches, args.warmup)
         print(f"| {name} | {videos_per_s:,.0f} | {megabytes_per_s:,.0f} | {load:.1f} |", flush=True)
 
 
@@ -156,7 +163,7 @@ def naive(store: Path, sampler: FrameSampler | None, batch_size: int, workers: i
     )
 
 
-def measure(loader: DataLoader, batches: int, warmup: int = 3) -> tuple[float, float]:
+def measure(loader: DataLoader, batches: int, warmup: int) -> tuple[float, float]:
     """Steady-state (videos/s, MB/s of frames) over ``batches`` batches after ``warmup`` untimed ones."""
     iterator = iter(loader)
     for _ in range(warmup):

@@ -9,6 +9,8 @@ import sys
 # mallopt parameters from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+_SETTINGS = ((_M_MMAP_THRESHOLD, 2**31), (_M_TRIM_THRESHOLD, 2**31), (_M_ARENA_MAX, 1))
 
 
 def keep_freed_memory() -> bool:
@@ -18,6 +20,11 @@ def keep_freed_memory() -> bool:
     batch of (B, 300, 1152) float frames and its activations is page-faulted in afresh: measured here, half
     of a tiny H-RNN teacher's CPU training step was kernel time (0.34 s -> 0.19 s per step with this set).
     Memory then stays with the process between batches, which is what a training loop wants anyway.
+
+    All threads share the main arena: a thread's own arena grows in heaps of at most 64 MiB, so the reader
+    threads' teacher batches (88 MB at batch 256) were still mapped and faulted in afresh every time
+    (``benchmarks/loader.py``, teacher view through 2 reader threads: 29k -> 38k videos/s with one arena).
+    Call this before any thread allocates: arenas already made are kept.
 
     Returns:
         Whether the setting took effect (False off Linux/glibc, where it is not needed in this form).
@@ -29,4 +36,4 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl and other C libraries have no mallopt
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 2**31) and mallopt(_M_TRIM_THRESHOLD, 2**31))
+    return all(mallopt(parameter, value) for parameter, value in _SETTINGS)
