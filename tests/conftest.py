@@ -28,14 +28,3 @@ def synthetic_tfrecords(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     return root
 
-
-@pytest.fixture(autouse=True)
-def _default_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep glibc's allocator defaults in the test process when tests run ``vdistill`` commands in it.
-
-    Every command calls ``keep_freed_memory()``: right for one training process, whose working set is steady.
-    This process runs dozens of commands, paper-size models among them, and with freed memory kept in one
-    untrimmed arena it reached the 24 GiB of a CI machine. tests/test_allocator.py checks the setting itself, in
-    subprocesses.
-    """
-    monkeypatch.setattr("lightning_distill.cli.main.keep_freed_memory", lambda: False)

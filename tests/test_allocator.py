@@ -21,6 +21,9 @@ def test_keep_freed_memory_takes_effect_on_glibc():
     assert keep_freed_memory() is True  # idempotent: the CLI may run several times in one process
 
 
+# A teacher batch of 256 x 300 x 1152 uint8 frames is 88 MB.
+_BLOCK = 96 << 20
+
 _REUSE_SCRIPT = """
 import ctypes, ctypes.util, resource, sys, threading
 from lightning_distill.cli.allocator import keep_freed_memory
@@ -29,7 +32,7 @@ if sys.argv[1] == "keep":
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
-SIZE = 96 << 20  # a teacher batch of 256 x 300 x 1152 uint8 frames is 88 MB
+SIZE = int(sys.argv[2])
 
 def batch():
     block = libc.malloc(SIZE)
@@ -53,10 +56,11 @@ def test_reader_threads_reuse_freed_batches_without_page_faults():
     """A batch-sized block freed by one reader thread is reused by the next without faulting its pages in again."""
 
     def page_faults(mode: str) -> int:
-        result = subprocess.run([sys.executable, "-c", _REUSE_SCRIPT, mode], capture_output=True, text=True, check=True)
+        command = [sys.executable, "-c", _REUSE_SCRIPT, mode, str(_BLOCK)]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
         return int(result.stdout)
 
-    pages = (96 << 20) // 4096
+    pages = _BLOCK // 4096
     # Without the setting each thread maps the block afresh, a fault per page (unless the kernel backs it with
     # huge pages, and then there is nothing to tell apart).
     default = page_faults("default")

@@ -32,6 +32,18 @@ def _argv(monkeypatch):
     gc.collect()
 
 
+def test_allocator_is_set_only_when_vdistill_runs_as_a_program(monkeypatch):
+    calls = []
+    monkeypatch.setattr("lightning_distill.cli.main.keep_freed_memory", lambda: calls.append("set") or True)
+    with pytest.raises(SystemExit):
+        main(["--help"])  # from Python: the caller's process keeps its allocator
+    assert calls == []
+    monkeypatch.setattr(sys, "argv", ["vdistill", "--help"])
+    with pytest.raises(SystemExit):
+        main()  # the console script
+    assert calls == ["set"]
+
+
 def data_args(root: Path, store_dir: Path) -> list[str]:
     """Point a config's data section at the session's synthetic shards, with batches small enough for CPU."""
     return [

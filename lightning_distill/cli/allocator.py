@@ -18,13 +18,14 @@ def keep_freed_memory() -> bool:
 
     By default glibc serves every block above 128 KiB with its own mmap and unmaps it when freed, so each
     batch of (B, 300, 1152) float frames and its activations is page-faulted in afresh: measured here, half
-    of a tiny H-RNN teacher's CPU training step was kernel time (0.34 s -> 0.19 s per step with this set).
+    of a tiny H-RNN teacher's CPU training step was kernel time (0.32 s -> 0.16 s per step with this set,
+    ``benchmarks/allocator.py``).
     Memory then stays with the process between batches, which is what a training loop wants anyway.
 
     All threads share the main arena: a thread's own arena grows in heaps of at most 64 MiB, so the reader
     threads' teacher batches (88 MB at batch 256) were still mapped and faulted in afresh every time
-    (``benchmarks/loader.py``, teacher view through 2 reader threads: 29k -> 38k videos/s with one arena).
-    Call this before any thread allocates: arenas already made are kept.
+    (``benchmarks/loader.py``, teacher view through 2 reader threads: 10.9k videos/s with glibc's defaults,
+    19.4k with this setting). Call this before any thread allocates: arenas already made are kept.
 
     Returns:
         Whether the setting took effect (False off Linux/glibc, where it is not needed in this form).

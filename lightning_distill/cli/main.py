@@ -123,9 +123,12 @@ def _description() -> str:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``vdistill`` console script."""
+    """Entry point of the ``vdistill`` console script; ``args`` runs a command from Python instead."""
     argv = list(sys.argv[1:] if args is None else args)
-    keep_freed_memory()
+    if args is None:
+        # The allocator setting is process-wide and cannot be undone: right for a process of our own, not for
+        # a caller's (a test session running dozens of commands, paper-size models among them, grew past 24 GB).
+        keep_freed_memory()
     try:
         if argv and argv[0] in STANDALONE_COMMANDS:
             CLI(STANDALONE_COMMANDS, args=argv)
