@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 # Baselines dashed, teacher-student variants solid, so the two halves of Table 1 read apart in one plot.
@@ -54,14 +55,10 @@ class CurvePanel:
 
 def plot_gap_vs_k(series: Sequence[Series], teacher_gap: float | None, path: Path) -> Path:
     """Test GAP against the student's frame count k, one line per method, the teacher as a ceiling."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    for s in series:
-        ax.plot(s.x, s.y, _BASELINE_STYLE if s.baseline else _STUDENT_STYLE, marker="o", label=s.label)
+    fig, ax = _methods_figure(series)
     if teacher_gap is not None:
         ax.axhline(teacher_gap, color="black", linestyle=":", label="Teacher (all frames)")
     ax.set_xlabel("frames seen by the model (k)")
-    ax.set_ylabel("test GAP")
     ax.set_title("GAP vs k")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -79,20 +76,26 @@ def plot_cost_frontier(
         teacher: the teacher's (GFLOPs, GAP), if both are known.
         path: PNG to write.
     """
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    for s in series:
-        ax.plot(s.x, s.y, _BASELINE_STYLE if s.baseline else _STUDENT_STYLE, marker="o", label=s.label)
+    fig, ax = _methods_figure(series)
     if teacher is not None:
         ax.plot([teacher[0]], [teacher[1]], marker="*", markersize=14, color="black", linestyle="", label="Teacher")
     ax.set_xscale("log")
     ax.set_xlabel("inference GFLOPs per video (log scale)")
-    ax.set_ylabel("test GAP")
     ax.set_title("Cost vs quality")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="best")
     fig.savefig(path, dpi=120)
     return path
+
+
+def _methods_figure(series: Sequence[Series]) -> tuple[Figure, Axes]:
+    """A figure with test GAP (y) of every method's series, baselines dashed, teacher-student variants solid."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for s in series:
+        ax.plot(s.x, s.y, _BASELINE_STYLE if s.baseline else _STUDENT_STYLE, marker="o", label=s.label)
+    ax.set_ylabel("test GAP")
+    return fig, ax
 
 
 def plot_training_curves(panels: Sequence[CurvePanel], path: Path) -> Path:
