@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--ks", type=int, nargs="+", default=[6, 30])
     parser.add_argument("--train-videos", type=int, default=2000)
-    parser.add_argument("--num-classes", type=int, default=32)
+    parser.add_argument("--num-classes", type=int, default=16)
     parser.add_argument("--teacher-epochs", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-videos", type=int, default=2000)
     parser.add_argument("--validate-videos", type=int, default=500)
     parser.add_argument("--test-videos", type=int, default=500)
-    parser.add_argument("--num-classes", type=int, default=32)
+    parser.add_argument("--num-classes", type=int, default=16)
     parser.add_argument("--min-frames", type=int, default=30)
     parser.add_argument("--max-frames", type=int, default=300)
     parser.add_argument("--shards-per-split", type=int, default=2)

@@ -13,10 +13,18 @@ from pathlib import Path
 import crc32c
 import numpy as np
 import pytest
+import torch
 from tfrecord import example_pb2
 
+from lightning_distill.data.samplers import (
+    AllFramesSampler,
+    FirstSampler,
+    FrameSampler,
+    LastSampler,
+    UniformSampler,
+)
 from lightning_distill.data.synthetic import generate, write_tfrecord
-from lightning_distill.data.yt8m import AUDIO_DIM, RGB_DIM, dequantize
+from lightning_distill.data.yt8m import AUDIO_DIM, MAX_FRAMES, RGB_DIM, dequantize
 from lightning_distill.errors import DataError
 
 SMALL = dict(train_videos=60, validate_videos=20, test_videos=20, num_classes=16, min_frames=30, max_frames=120)
@@ -168,10 +176,40 @@ def test_events_are_spread_over_the_whole_length_and_vary_in_duration(small):
     # Event centres cover every fifth of the video, roughly evenly (not bunched at the start).
     counts = np.histogram(centres, bins=5, range=(0, 1))[0]
     assert counts.min() > 0.5 * counts.mean()
-    assert (durations < 0.1).mean() > 0.3 and (durations > 0.15).mean() > 0.2  # brief and long events
+    seconds = np.array([e - s for r in rows for _, s, e in r["events"]])
+    assert (seconds <= 4).mean() > 0.6 and (durations > 0.05).mean() > 0.05  # mostly brief, some long events
     # Every leaf label (all but the first, the vertical) has at least one event.
     for r in rows:
         assert set(r["labels"][1:]) <= {c for c, _, _ in r["events"]}
+
+
+def test_k_frame_views_miss_events_the_teacher_sees(tmp_path):
+    """The paper's question is real: every leaf label's evidence is in the all-frames view, while k spread-out
+    frames miss all events of some labels (more at k=6 than at k=30), and First-/Last-k miss more still."""
+    generate(tmp_path, train_videos=300, validate_videos=0, test_videos=0)
+    rows = [json.loads(line) for line in (tmp_path / "train_events.jsonl").open()]
+
+    def missed(sampler: FrameSampler) -> float:
+        """Fraction of (video, leaf label) pairs none of whose event frames is in the sampler's view."""
+        pairs = hits = 0
+        for row in rows:
+            view = set(sampler.indices(torch.tensor([min(row["num_frames"], MAX_FRAMES)]))[0].tolist())
+            for label in set(row["labels"][1:]):
+                pairs += 1
+                hits += any(view & set(range(s, e)) for c, s, e in row["events"] if c == label)
+        return 1 - hits / pairs
+
+    views = {
+        "all": AllFramesSampler(),
+        "u30": UniformSampler(30),
+        "u6": UniformSampler(6),
+        "first6": FirstSampler(6),
+        "last6": LastSampler(6),
+    }
+    rates = {name: missed(sampler) for name, sampler in views.items()}
+    assert rates["all"] == 0
+    assert 0.15 < rates["u30"] < 0.45 and rates["u6"] > rates["u30"] + 0.25
+    assert min(rates["first6"], rates["last6"]) > rates["u6"] + 0.1
 
 
 @pytest.mark.parametrize(
