@@ -27,4 +27,3 @@ def synthetic_tfrecords(tmp_path_factory: pytest.TempPathFactory) -> Path:
         seed=0,
     )
     return root
-

@@ -118,9 +118,14 @@ def test_write_tfrecord_framing_round_trips(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.tfrecord"]  # no temp file left behind
 
 
+def _ground_truth(out: Path, split: str) -> list[dict]:
+    """The rows of ``<split>_events.jsonl``: id, num_frames, labels, intro, outro, [label, start, end) events."""
+    return [json.loads(line) for line in (out / f"{split}_events.jsonl").read_text().splitlines()]
+
+
 def _frames_and_events(out: Path, split: str) -> list[tuple[np.ndarray, list[int], list[list[int]]]]:
     """(dequantised (n, 1152) frames, labels, [label, start, end) events) per video of ``split``."""
-    truth = {row["id"]: row for row in map(json.loads, (out / f"{split}_events.jsonl").read_text().splitlines())}
+    truth = {row["id"]: row for row in _ground_truth(out, split)}
     videos = []
     for path in sorted(out.glob(f"{split}*.tfrecord")):
         for record in read_records(path):
@@ -169,8 +174,7 @@ def _split_frames(videos, label: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_events_are_spread_over_the_whole_length_and_vary_in_duration(small):
     out, _ = small
-    lines = [line for split in ("train", "validate", "test") for line in (out / f"{split}_events.jsonl").open()]
-    rows = [json.loads(line) for line in lines]
+    rows = [row for split in ("train", "validate", "test") for row in _ground_truth(out, split)]
     centres = np.array([(s + e) / 2 / r["num_frames"] for r in rows for _, s, e in r["events"]])
     durations = np.array([(e - s) / r["num_frames"] for r in rows for _, s, e in r["events"]])
     # Event centres cover every fifth of the video, roughly evenly (not bunched at the start).
@@ -187,7 +191,7 @@ def test_k_frame_views_miss_events_the_teacher_sees(tmp_path):
     """The paper's question is real: every leaf label's evidence is in the all-frames view, while k spread-out
     frames miss all events of some labels (more at k=6 than at k=30), and First-/Last-k miss more still."""
     generate(tmp_path, train_videos=300, validate_videos=0, test_videos=0)
-    rows = [json.loads(line) for line in (tmp_path / "train_events.jsonl").open()]
+    rows = _ground_truth(tmp_path, "train")
 
     def missed(sampler: FrameSampler) -> float:
         """Fraction of (video, leaf label) pairs none of whose event frames is in the sampler's view."""
