@@ -275,7 +275,8 @@ class FrameSlots:
         """Write videos' frames back to back from row ``first_row``.
 
         Rows are assembled in a block of a few MB and written with one ``write`` per block: measured twice as
-        fast as assigning them into a memory map of the file, which takes a page fault per 4 KiB written.
+        fast as assigning them into a memory map of the file, which takes a page fault per 4 KiB written. Each
+        block's writeback starts at once (``_start_writeback``), so the store's final fsync finds little left.
 
         Args:
             first_row: where the first video's frames go.
@@ -287,15 +288,15 @@ class FrameSlots:
         row_bytes = FEATURE_DIM * self.dtype.itemsize
         block = np.empty((max(_WRITE_BLOCK // row_bytes, int(lengths.max())), FEATURE_DIM), self.dtype)
         filled = 0
-        with open(self.path, "rb+") as out:
-            out.seek(self.offset + first_row * row_bytes)
+        position = self.offset + first_row * row_bytes
+        with open(self.path, "rb+", buffering=0) as out:
             for kept, (rgb, audio) in zip(lengths.tolist(), videos):
                 if filled + kept > len(block):
-                    out.write(block[:filled])
+                    position += _write_at(out.fileno(), block[:filled], position)
                     filled = 0
                 _put_rows(block[filled : filled + kept], rgb[:kept], audio[:kept])
                 filled += kept
-            out.write(block[:filled])
+            _write_at(out.fileno(), block[:filled], position)
 
 
 @contextmanager
@@ -439,6 +440,29 @@ def _put_rows(rows: np.ndarray, rgb: np.ndarray, audio: np.ndarray) -> None:
     """The store's row layout: each row is one frame, its rgb then its audio."""
     rows[:, :RGB_DIM] = rgb
     rows[:, RGB_DIM:] = audio
+
+
+def _write_at(fd: int, data: np.ndarray, position: int) -> int:
+    """Write all of ``data`` at byte ``position`` of ``fd`` and start its writeback; returns the bytes written."""
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], position + done)
+    _start_writeback(fd, position, done)
+    return done
+
+
+def _start_writeback(fd: int, position: int, size: int) -> None:
+    """Have the kernel start writing a just-written byte range to disk, without waiting for it.
+
+    A store is fsynced before it is renamed into place; left to the kernel, the writeback starts only then, and
+    the whole store waits for the disk. Started block by block, it overlaps the rest of the conversion
+    (``benchmarks/convert.py``, single worker: 979-1,105 MB/s of input before, 1,309-1,383 MB/s after, five runs
+    each). On Linux, POSIX_FADV_DONTNEED starts writeback of the range's dirty pages and drops only clean ones,
+    which these, just written, are not: the store stays in the page cache (``fincore`` shows all of it).
+    """
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, position, size, os.POSIX_FADV_DONTNEED)
 
 
 def _consecutive_runs(frames: np.ndarray, padding: np.ndarray) -> bool:
