@@ -16,7 +16,7 @@ from lightning_distill.errors import ConfigError
 from lightning_distill.experiment.cell_config import cell_configs, deep_merge, load_yaml
 from lightning_distill.experiment.grid import ROLE_CONFIGS, Grid, StudentVariant, expand_grid, row_labels
 from lightning_distill.experiment.layout import ExperimentLayout, write_json_atomic
-from lightning_distill.experiment.report import CostEntry, write_report
+from lightning_distill.experiment.report import CostEntry, method_series, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FILES = {"train_files": "t/*.tfrecord", "val_files": "v/*.tfrecord", "test_files": "x/*.tfrecord"}
@@ -155,6 +155,7 @@ def test_report_numbers_come_from_finished_cells_and_missing_cells_show_as_dashe
             assert entry["map_all_classes"] == stored[prefix + "map_all_classes"]
     assert report["teacher"]["gap"] == json.loads(layout.test_metrics("teacher-s0").read_text())["test/gap"]
     assert [c["gflops_per_video"] for c in report["cost"]] == [1.0, 0.02, 0.1]
+    assert all(series.std is None for series in method_series(report, {6: 6.0, 30: 30.0}))  # one seed
 
     markdown = layout.report_md.read_text()
     header = next(line for line in markdown.splitlines() if line.startswith("| Model |"))
@@ -176,9 +177,14 @@ def test_seeds_are_averaged_only_when_all_have_finished(configs, tmp_path):
     report = write_report(layout, grid, cells, [], command="c")
     assert report["rows"][0]["results"]["6"] is None
     fabricate_cell(layout, "uniform-k6-s1", {"test/gap": 0.7, "test/map_all_classes": 0.4})
-    entry = write_report(layout, grid, cells, [], command="c")["rows"][0]["results"]["6"]
+    report = write_report(layout, grid, cells, [], command="c")
+    entry = report["rows"][0]["results"]["6"]
     assert entry["gap"] == pytest.approx(0.6) and entry["gap_std"] == pytest.approx(0.1414, abs=1e-4)
     assert entry["cells"] == ["uniform-k6-s0", "uniform-k6-s1"]
+    # The plots draw the spread over seeds as error bars.
+    (series,) = method_series(report, {6: 6.0})
+    assert series.y == [pytest.approx(0.6)] and series.std == [pytest.approx(0.1414, abs=1e-4)]
+    assert report["figures"]["GAP vs k"] == "gap_vs_k.png"
 
 
 

@@ -30,12 +30,22 @@ class Series:
         x: abscissae (k, or GFLOPs per video).
         y: GAP at each abscissa.
         baseline: True for a from-scratch baseline (drawn dashed).
+        std: GAP's standard deviation over seeds at each abscissa (drawn as error bars); None for one seed.
     """
 
     label: str
     x: list[float]
     y: list[float]
     baseline: bool
+    std: list[float] | None = None
+
+
+@dataclass
+class Ceiling:
+    """The teacher's GAP, a line over every k, with its standard deviation over seeds (a band) if known."""
+
+    gap: float
+    std: float | None = None
 
 
 @dataclass
@@ -53,11 +63,13 @@ class CurvePanel:
     constants: dict[str, float]
 
 
-def plot_gap_vs_k(series: Sequence[Series], teacher_gap: float | None, path: Path) -> Path:
+def plot_gap_vs_k(series: Sequence[Series], teacher: Ceiling | None, path: Path) -> Path:
     """Test GAP against the student's frame count k, one line per method, the teacher as a ceiling."""
     fig, ax = _methods_figure(series)
-    if teacher_gap is not None:
-        ax.axhline(teacher_gap, color="black", linestyle=":", label="Teacher (all frames)")
+    if teacher is not None:
+        ax.axhline(teacher.gap, color="black", linestyle=":", label="Teacher (all frames)")
+        if teacher.std is not None:
+            ax.axhspan(teacher.gap - teacher.std, teacher.gap + teacher.std, color="black", alpha=0.08, lw=0)
     ax.set_xlabel("frames seen by the model (k)")
     ax.set_title("GAP vs k")
     ax.grid(alpha=0.3)
@@ -89,12 +101,14 @@ def plot_cost_frontier(
 
 
 def _methods_figure(series: Sequence[Series]) -> tuple[Figure, Axes]:
-    """A figure with test GAP (y) of every method's series, baselines dashed, teacher-student variants solid."""
+    """A figure with test GAP (y) of every method's series, baselines dashed, teacher-student variants solid,
+    each point with an error bar of one standard deviation over seeds where there are several."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for s in series:
-        ax.plot(s.x, s.y, _BASELINE_STYLE if s.baseline else _STUDENT_STYLE, marker="o", label=s.label)
-    ax.set_ylabel("test GAP")
+        style = _BASELINE_STYLE if s.baseline else _STUDENT_STYLE
+        ax.errorbar(s.x, s.y, yerr=s.std, linestyle=style, marker="o", capsize=3, label=s.label)
+    ax.set_ylabel("test GAP" + (" (mean ± std over seeds)" if any(s.std for s in series) else ""))
     return fig, ax
 
 

@@ -19,6 +19,7 @@ import wandb
 from lightning_distill.experiment.grid import TEACHER_METHOD, Cell, Grid, row_labels
 from lightning_distill.experiment.layout import ExperimentLayout, read_json, write_json_atomic
 from lightning_distill.experiment.plots import (
+    Ceiling,
     CurvePanel,
     Series,
     plot_cost_frontier,
@@ -193,14 +194,23 @@ def _cost_lines(cost: list[dict[str, Any]]) -> list[str]:
 
 
 def method_series(report: dict[str, Any], x_of_k: dict[int, float]) -> list[Series]:
-    """Per table row, GAP against ``x_of_k[k]`` at the ks whose entry has finished (and whose x is known)."""
+    """Per table row, GAP (and its std over seeds, when averaged) against ``x_of_k[k]`` at the ks whose entry has
+    finished (and whose x is known)."""
     series = []
     for row in report["rows"]:
         entries = {k: row["results"][str(k)] for k in report["ks"]}
-        points = [(x_of_k[k], entry["gap"]) for k, entry in entries.items() if entry and k in x_of_k]
+        points = [entry | {"x": x_of_k[k]} for k, entry in entries.items() if entry and k in x_of_k]
         if points:
-            xs, ys = zip(*points)
-            series.append(Series(row["method"], list(xs), list(ys), baseline=row["kind"] == "baseline"))
+            std = [p["gap_std"] for p in points] if all("gap_std" in p for p in points) else None
+            series.append(
+                Series(
+                    row["method"],
+                    [p["x"] for p in points],
+                    [p["gap"] for p in points],
+                    baseline=row["kind"] == "baseline",
+                    std=std,
+                )
+            )
     return series
 
 
@@ -296,10 +306,12 @@ def _draw_figures(
 ) -> dict[str, str]:
     """Draw every figure the finished cells allow; returns title -> PNG file name (relative to the report)."""
     figures: dict[str, str] = {}
-    teacher_gap = report["teacher"]["gap"] if report["teacher"] else None
+    teacher = report["teacher"]
+    teacher_gap = teacher["gap"] if teacher else None
     by_k = method_series(report, {k: float(k) for k in report["ks"]})
     if by_k:
-        plot_gap_vs_k(by_k, teacher_gap, layout.root / "gap_vs_k.png")
+        ceiling = Ceiling(teacher["gap"], teacher.get("gap_std")) if teacher else None
+        plot_gap_vs_k(by_k, ceiling, layout.root / "gap_vs_k.png")
         figures["GAP vs k"] = "gap_vs_k.png"
     gflops = {c["frames"]: c["gflops_per_video"] for c in report["cost"] if c["model"] != TEACHER_METHOD}
     frontier = method_series(report, gflops)
