@@ -199,16 +199,16 @@ def method_series(report: dict[str, Any], x_of_k: dict[int, float]) -> list[Seri
     series = []
     for row in report["rows"]:
         entries = {k: row["results"][str(k)] for k in report["ks"]}
-        points = [entry | {"x": x_of_k[k]} for k, entry in entries.items() if entry and k in x_of_k]
+        points = [(x_of_k[k], entry) for k, entry in entries.items() if entry and k in x_of_k]
         if points:
-            std = [p["gap_std"] for p in points] if all("gap_std" in p for p in points) else None
+            stds = [entry.get("gap_std") for _, entry in points]
             series.append(
                 Series(
                     row["method"],
-                    [p["x"] for p in points],
-                    [p["gap"] for p in points],
+                    [x for x, _ in points],
+                    [entry["gap"] for _, entry in points],
                     baseline=row["kind"] == "baseline",
-                    std=std,
+                    std=None if None in stds else stds,
                 )
             )
     return series
@@ -306,18 +306,16 @@ def _draw_figures(
 ) -> dict[str, str]:
     """Draw every figure the finished cells allow; returns title -> PNG file name (relative to the report)."""
     figures: dict[str, str] = {}
-    teacher = report["teacher"]
-    teacher_gap = teacher["gap"] if teacher else None
+    teacher = Ceiling(report["teacher"]["gap"], report["teacher"].get("gap_std")) if report["teacher"] else None
     by_k = method_series(report, {k: float(k) for k in report["ks"]})
     if by_k:
-        ceiling = Ceiling(teacher["gap"], teacher.get("gap_std")) if teacher else None
-        plot_gap_vs_k(by_k, ceiling, layout.root / "gap_vs_k.png")
+        plot_gap_vs_k(by_k, teacher, layout.root / "gap_vs_k.png")
         figures["GAP vs k"] = "gap_vs_k.png"
     gflops = {c["frames"]: c["gflops_per_video"] for c in report["cost"] if c["model"] != TEACHER_METHOD}
     frontier = method_series(report, gflops)
     if frontier:
         teacher_cost = next((c["gflops_per_video"] for c in report["cost"] if c["model"] == TEACHER_METHOD), None)
-        teacher_point = (teacher_cost, teacher_gap) if teacher_cost is not None and teacher_gap is not None else None
+        teacher_point = (teacher_cost, teacher.gap) if teacher_cost is not None and teacher is not None else None
         plot_cost_frontier(frontier, teacher_point, layout.root / "gap_vs_gflops.png")
         figures["GAP vs inference cost"] = "gap_vs_gflops.png"
     panels = curve_panels(layout, grid, cells, metrics)
