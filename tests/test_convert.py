@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import crc32c
 import h5py
 import numpy as np
 import pytest
 from tfrecord import example_pb2
 
-from lightning_distill.data import FrameStore, frame_store
+from lightning_distill.data import frame_store
+from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.convert import convert
 from lightning_distill.data.yt8m_records import index_shard
 from lightning_distill.errors import DataError
@@ -166,8 +171,127 @@ def test_bad_arguments(shards, tmp_path):
     source, _ = shards
     with pytest.raises(DataError, match=r"nowhere/\*.tfrecord: matches no file"):
         convert(str(tmp_path / "nowhere" / "*.tfrecord"), tmp_path / "s.h5", progress=False)
-    with pytest.raises(DataError, match="output directory .*missing does not exist"):
-        convert(str(source / "*.tfrecord"), tmp_path / "missing" / "s.h5", progress=False)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(DataError, match="a_file: cannot create the output directory"):
+        convert(str(source / "*.tfrecord"), tmp_path / "a_file" / "s.h5", progress=False)
+
+
+def test_output_directories_are_created(shards, tmp_path):
+    source, _ = shards
+    convert(str(source / "*.tfrecord"), tmp_path / "new" / "deeper" / "s.h5", progress=False)
+    assert len(FrameStore(tmp_path / "new" / "deeper" / "s.h5")) == 6
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_store_mode_follows_the_umask(shards, tmp_path, umask, mode):
+    source, _ = shards
+    previous = os.umask(umask)
+    try:
+        convert(str(source / "*.tfrecord"), tmp_path / "s.h5", progress=False)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "s.h5").stat().st_mode & 0o777 == mode
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_video_level_features_are_refused(tmp_path, bad):
+    mean_rgb = np.zeros(1024, np.float32)
+    mean_rgb[17] = bad
+    records = [video_level_example("ok", [1], np.zeros(1024), np.zeros(128)),
+               video_level_example("bad", [2], mean_rgb, np.zeros(128))]
+    shard = write_tfrecord(tmp_path / "v.tfrecord", records)
+    expected = rf"{shard.resolve()}: record 1: video 'bad': 'mean_rgb' holds NaN or infinite values"
+    with pytest.raises(DataError, match=expected):
+        convert(str(shard), tmp_path / "v.h5", progress=False)
+    assert not (tmp_path / "v.h5").exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_duplicate_video_ids_are_refused(shards, tmp_path, workers):
+    source, contents = shards
+    repeated = contents[0][1]  # the second video of train0000 again, as record 1 of a later shard
+    write_tfrecord(source / "train0007.tfrecord", [frame_level_example(*make_videos(7, [2])[0]),
+                                                  frame_level_example(*repeated)])
+    expected = (rf"{(source / 'train0007.tfrecord').resolve()}: record 1: video id '{repeated[0]}' already appears "
+                rf"in {(source / 'train0000.tfrecord').resolve()} record 1")
+    with pytest.raises(DataError, match=expected):
+        convert(str(source / "*.tfrecord"), tmp_path / "s.h5", workers=workers, progress=False)
+    assert leftovers(tmp_path) == ["s.h5.lock", "src"]
+
+
+def test_checksums_find_damage_inside_a_store(shards, tmp_path):
+    source, contents = shards
+    output = tmp_path / "s.h5"
+    convert(str(source / "*.tfrecord"), output, progress=False)
+    store = FrameStore(output)
+    assert store.format == "vdistill-frame-store/2"
+    # Independent truth: CRC32C of each video's first 300 frames as the shards hold them, rgb then audio per frame.
+    expected = [crc32c.crc32c(np.concatenate([rgb, audio], axis=1)[:300].tobytes())
+                for videos in contents for _, _, rgb, audio in videos]
+    assert store.checksums.tolist() == expected
+    assert store.verify() == []
+    with h5py.File(output, "r") as f:
+        frames_at = f["frames"].id.get_offset()
+        offsets = f["offsets"][:]
+    # Zero one frame of video 3 in place, as a lost disk block would.
+    with open(output, "r+b") as f:
+        f.seek(frames_at + int(offsets[3]) * 1152)
+        f.write(bytes(1152))
+    assert FrameStore(output).verify() == [3]
+
+
+def _kill_while_writing(command: list[str], output: Path) -> list[int]:
+    """Start ``command``, SIGKILL it as soon as its temporary store exists; returns the pids of its children."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(output.parent.glob(f".{output.name}.tmp-*")):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the conversion never started writing"
+        time.sleep(0.001)
+    children = _children(process.pid)
+    process.kill()
+    process.wait()
+    assert not output.exists(), "killed too late: the store was already finished"
+    return children
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(child) for task in tasks.iterdir() for child in (task / "children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find worker processes")
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_conversion_killed_while_writing_blocks_nothing(tmp_path, workers):
+    rng = np.random.default_rng(3)
+    source = tmp_path / "src"
+    source.mkdir()
+    for shard in range(3):  # ~60 MB of frames: the write takes long enough to be caught in it
+        records = [frame_level_example(f"{shard}-{i}", [i], *random_video(rng, 300)) for i in range(60)]
+        write_tfrecord(source / f"train{shard:04d}.tfrecord", records)
+    output = tmp_path / "stores" / "train.h5"
+    script = (f"from lightning_distill.data.convert import convert; "
+              f"convert({str(source / '*.tfrecord')!r}, {str(output)!r}, workers={workers}, progress=False)")
+    children = _kill_while_writing([sys.executable, "-c", script], output)
+    assert len(children) == (workers if workers > 1 else 0)
+    deadline = time.monotonic() + 10
+    while any(_alive(child) for child in children) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(_alive(child) for child in children), "workers outlived the killed conversion"
+    # The rerun neither hangs (the lock is free) nor trusts the leftovers, and builds what an unbroken run builds.
+    rerun = subprocess.run([sys.executable, "-c", script], timeout=120, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    convert(str(source / "*.tfrecord"), tmp_path / "unbroken.h5", progress=False)
+    assert store_contents(output) == store_contents(tmp_path / "unbroken.h5")
+    assert sorted(p.name for p in output.parent.iterdir()) == ["train.h5", "train.h5.lock"]
 
 
 def test_mixed_formats_are_refused(shards, tmp_path):

@@ -15,7 +15,8 @@ from lightning_distill.cli.main import main
 from lightning_distill.errors import ConfigError
 from lightning_distill.experiment.cell_config import cell_configs, deep_merge, load_yaml
 from lightning_distill.experiment.grid import ROLE_CONFIGS, Grid, StudentVariant, expand_grid, row_labels
-from lightning_distill.experiment.layout import ExperimentLayout, write_json_atomic
+from lightning_distill.atomic_files import write_json_atomic
+from lightning_distill.experiment.layout import ExperimentLayout
 from lightning_distill.experiment.report import CostEntry, method_series, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

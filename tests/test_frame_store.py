@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from lightning_distill.data import FrameStore
+from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.frame_store import FORMAT, write_frame_store
 from lightning_distill.data.records import VideoRecord
 from lightning_distill.errors import DataError

@@ -10,11 +10,13 @@ from inspect import signature as inspect_signature
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from lightning_distill.data.convert import convert as convert_records
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.synthetic import generate
+from lightning_distill.errors import DataError
 
 
 def convert(
@@ -32,7 +34,7 @@ def convert(
 
     Args:
         input: TFRecord files: a glob such as 'DIR/train*.tfrecord' (quote it), or several separated by commas.
-        output: path of the store to write, e.g. stores/train.h5 (its directory must exist).
+        output: path of the store to write, e.g. stores/train.h5 (its directory is created if missing).
         workers: shards converted in parallel processes.
         verify_crc: check the CRC32C of every record (about 30% of the cost; keep it on for downloaded data).
         max_frames: frames kept per video (the official readers keep the first 300).
@@ -99,11 +101,13 @@ def synth(
         console.print(f"{split}: {len(paths)} shard(s) in {Path(output).resolve()}")
 
 
-def inspect(*, store: str) -> None:
+def inspect(*, store: str, verify: bool = False) -> None:
     """Summarise a frame store: videos, frames, lengths, labels, source format and size on disk.
 
     Args:
         store: path of a store written by ``vdistill convert``.
+        verify: also read every frame and check each video against its stored CRC32C (finds damage such as
+            zeroed blocks); exits with an error naming the first damaged video.
     """
     frames = FrameStore(store)
     lengths = frames.lengths
@@ -119,10 +123,27 @@ def inspect(*, store: str) -> None:
         "labels per video (mean)": f"{label_counts.mean():.2f}",
         "unlabelled videos": f"{int((label_counts == 0).sum()):,}",
         "size on disk": f"{Path(store).stat().st_size / 2**20:,.1f} MiB",
+        "format": frames.format,
     }
+    if verify:
+        rows["checksums"] = _verified(frames)
     for name, value in rows.items():
         table.add_row(name, value)
     Console().print(table)
+
+
+def _verified(frames: FrameStore) -> str:
+    """"all N videos match", or DataError naming the damaged videos."""
+    with Progress(*Progress.get_default_columns(), transient=True) as progress:
+        task = progress.add_task("verifying", total=len(frames))
+        bad = frames.verify(lambda done: progress.advance(task, done))
+    if bad:
+        first = bad[0]
+        raise DataError(
+            f"{frames.path}: {len(bad):,} of {len(frames):,} videos do not match their checksums (first: video "
+            f"{first}, {frames.video_ids[first]!r}); the store is damaged: convert it again"
+        )
+    return f"all {len(frames):,} videos match"
 
 
 COMMANDS = {"convert": convert, "synth": synth, "inspect": inspect}

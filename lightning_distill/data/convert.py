@@ -22,16 +22,25 @@ Workers are forked, so one costs ~25 ms of CPU whatever the input (the parent ha
 real split, a visible share of a benchmark of a few hundred MB.
 
 The temporary store starts with ``.<output name>.tmp-``: removed on any error, and any left by a killed run
-are deleted by the next conversion of the same output (it holds the lock, so they are stale).
+are deleted by the next conversion of the same output (it holds the lock, so they are stale). Workers die with
+the converting process and let go of the lock (``_orphan_proof``), so killing a conversion at any moment never
+blocks the next one, which rebuilds the store from scratch.
+
+Refused before anything is written, naming the file and record: damaged records (CRCs, structure), labels
+outside the vocabulary, non-finite video-level features, and a video id that occurs twice in the shard set.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import glob
 import json
 import multiprocessing
-import shutil
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -43,12 +52,16 @@ from typing import Any, TypeVar
 import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from lightning_distill.data.frame_store import FrameSlots, FrameStore, VideoTable, building_frame_store
+from lightning_distill.atomic_files import remove_stale_temporaries
+from lightning_distill.data.frame_store import FORMAT, FrameSlots, FrameStore, VideoTable, building_frame_store
 from lightning_distill.data.yt8m import MAX_FRAMES
 from lightning_distill.data.yt8m_records import ShardIndex, SourceFormat, index_shard, shard_frames, sniff_format
 from lightning_distill.errors import DataError
 
 T = TypeVar("T")
+
+# prctl option from <linux/prctl.h>: the signal a process gets when the thread that forked it exits.
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -81,7 +94,7 @@ def convert(
     Args:
         inputs: TFRecord paths or glob patterns ('DIR/train*.tfrecord'); shards are taken in sorted path order,
             records in file order, whatever ``workers`` is.
-        output: the store to write; its directory must exist.
+        output: the store to write; its directory is created if missing.
         workers: shards converted in parallel processes.
         verify_crc: check both CRC32Cs of every record.
         max_frames: frames kept per video (the first ones).
@@ -89,20 +102,19 @@ def convert(
         progress: show a progress bar (videos, MB/s of input, ETA).
 
     Raises:
-        DataError: a pattern matches nothing, the output directory is missing, shards mix formats, or a record
-            is damaged or malformed (naming the file and record index). No store is left behind, and a previous
+        DataError: a pattern matches nothing, the output directory cannot be created, shards mix formats, a
+            video id repeats, or a record is damaged or malformed (naming the file and record index). No store is left behind, and a previous
             store at ``output`` is left untouched.
     """
     shards = resolve_inputs(inputs)
     output = Path(output)
-    if not output.parent.is_dir():
-        raise DataError(f"{output}: output directory {output.parent} does not exist; create it first")
     if workers < 1 or max_frames < 1:
         raise DataError(f"workers ({workers}) and max_frames ({max_frames}) must be at least 1")
     options = {"verify_crc": verify_crc, "max_frames": max_frames, "num_classes": num_classes}
     manifest = {"sources": [_describe(shard) for shard in shards], "options": options}
-    with _exclusive(output):
-        _remove_stale_temporaries(output)
+    _make_directory(output.parent)
+    with _exclusive(output) as lock:
+        remove_stale_temporaries(output)
         if output.exists():
             previous = _up_to_date_store(output, manifest)
             if previous is not None:
@@ -111,15 +123,17 @@ def convert(
         if num_classes is not None:
             source = replace(source, num_classes=num_classes)
         total = sum(shard.stat().st_size for shard in shards)
-        with _progress_bar(progress) as bar, _worker_pool(workers, len(shards)) as pool:
+        with _progress_bar(progress) as bar, _worker_pool(workers, len(shards), lock) as pool:
             index = partial(index_shard, source_format=source, verify_crc=verify_crc)
             indexes = list(_tracked(bar, "indexing", total, _run_jobs(index, [(s,) for s in shards], pool)))
+            _check_unique_ids(indexes)
             kept = [np.minimum(i.lengths, max_frames) for i in indexes]
             first_rows = np.cumsum([0] + [int(k.sum()) for k in kept]).tolist()
             options = dict(level=source.level, source_version=source.version, num_classes=source.num_classes)
             table = _video_table(indexes, kept)
+            first_videos = np.cumsum([0] + [len(i) for i in indexes]).tolist()
             with building_frame_store(output, table, **options, max_frames=max_frames, manifest=manifest) as slots:
-                jobs = [(i, slots, row, k) for i, row, k in zip(indexes, first_rows, kept)]
+                jobs = [(i, slots, row, video, k) for i, row, video, k in zip(indexes, first_rows, first_videos, kept)]
                 for _ in _tracked(bar, "writing", total, _run_jobs(_write_shard, jobs, pool)):
                     pass
     return ConversionResult(output, len(table.video_ids), skipped=False)
@@ -143,31 +157,41 @@ def resolve_inputs(inputs: str | Sequence[str]) -> list[Path]:
     return sorted(shards)
 
 
+def _make_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"{directory}: cannot create the output directory ({error.strerror})") from None
+
+
 def _describe(shard: Path) -> dict[str, Any]:
     stat = shard.stat()
     return {"path": str(shard), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 @contextmanager
-def _exclusive(output: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``<output>.lock`` (blocking until other converters of ``output`` finish).
+def _exclusive(output: Path) -> Iterator[int]:
+    """Hold an exclusive lock on ``<output>.lock`` (blocking until other converters of ``output`` finish); yields
+    the lock file's descriptor.
 
-    The lock file stays: deleting it would let a waiting process lock a file a newcomer no longer sees.
+    The lock file stays: deleting it would let a waiting process lock a file a newcomer no longer sees. The holder
+    writes its pid into it, so a process that has to wait can say for whom.
     """
-    with open(output.with_name(output.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(output.with_name(output.name + ".lock"), "a+") as lock:
         try:
-            yield
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            print(f"waiting for another conversion of {output} (process {holder}) to finish", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield lock.fileno()
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _remove_stale_temporaries(output: Path) -> None:
-    for stale in output.parent.glob(f".{glob.escape(output.name)}.tmp-*"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
 
 
 def _up_to_date_store(output: Path, manifest: dict[str, Any]) -> FrameStore | None:
@@ -176,8 +200,8 @@ def _up_to_date_store(output: Path, manifest: dict[str, Any]) -> FrameStore | No
         store = FrameStore(output)
     except DataError:
         return None  # unfinished or foreign: rebuild it
-    # Round-trip through JSON so tuples and lists compare alike.
-    return store if store.manifest == json.loads(json.dumps(manifest)) else None
+    # Round-trip through JSON so tuples and lists compare alike; an older format is rebuilt to gain checksums.
+    return store if store.format == FORMAT and store.manifest == json.loads(json.dumps(manifest)) else None
 
 
 def _shard_set_format(shards: Sequence[Path], verify_crc: bool) -> SourceFormat:
@@ -226,13 +250,36 @@ def _tracked(bar: Progress, description: str, total: int, indexes: Iterable[Shar
         yield index
 
 
-def _worker_pool(workers: int, shards: int) -> ProcessPoolExecutor | nullcontext[None]:
-    """Worker processes for both passes, or (``workers == 1``) a context giving None: work in this process."""
+def _worker_pool(workers: int, shards: int, lock: int) -> ProcessPoolExecutor | nullcontext[None]:
+    """Worker processes for both passes, or (``workers == 1``) a context giving None: work in this process.
+
+    Args:
+        workers: processes wanted.
+        shards: jobs per pass (no more workers than that).
+        lock: the descriptor of the output's lock, which the workers must not keep (see ``_orphan_proof``).
+    """
     if workers == 1:
         return nullcontext()
     # fork: workers start with the imports done (spawning one would import torch again, for seconds).
     context = multiprocessing.get_context("fork")
-    return ProcessPoolExecutor(max_workers=min(workers, shards), mp_context=context)
+    return ProcessPoolExecutor(
+        max_workers=min(workers, shards), mp_context=context, initializer=_orphan_proof, initargs=(os.getpid(), lock)
+    )
+
+
+def _orphan_proof(parent: int, lock: int) -> None:
+    """Make a worker die with the converting process, and let go of the output's lock.
+
+    A worker blocks reading its job queue; if the parent is killed (SIGKILL: no cleanup runs) the queue's pipe stays
+    open in the sibling workers, so without this they would wait forever, each holding a forked copy of the lock:
+    every later conversion of the same output would hang.
+    """
+    os.close(lock)  # the flock belongs to the parent's open file; the parent's copy keeps it held
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the signal was asked for
+        os._exit(1)
 
 
 def _run_jobs(fn: Callable[..., T], jobs: Sequence[tuple], pool: ProcessPoolExecutor | None) -> Iterator[T]:
@@ -250,6 +297,27 @@ def _run_jobs(fn: Callable[..., T], jobs: Sequence[tuple], pool: ProcessPoolExec
             future.cancel()
 
 
+def _check_unique_ids(indexes: Sequence[ShardIndex]) -> None:
+    """Raise ``DataError`` naming both records of the first video id that occurs twice in the shard set.
+
+    A store holds each video once: a repeated video would be trained on twice as often, and counted twice by the
+    metrics.
+    """
+    ids = [video_id for index in indexes for video_id in index.video_ids]
+    if len(set(ids)) == len(ids):
+        return
+    seen: dict[str, tuple[Path, int]] = {}
+    for index in indexes:
+        for record, video_id in enumerate(index.video_ids):
+            if video_id in seen:
+                first_path, first_record = seen[video_id]
+                raise DataError(
+                    f"{index.path}: record {record}: video id {video_id!r} already appears in {first_path} record "
+                    f"{first_record}; remove the duplicate (a store holds each video once)"
+                )
+            seen[video_id] = (index.path, record)
+
+
 def _video_table(indexes: Sequence[ShardIndex], kept: Sequence[np.ndarray]) -> VideoTable:
     """The store's table of all shards' videos, in shard order, ``kept[i]`` frames of each video of shard i."""
     return VideoTable(
@@ -260,7 +328,9 @@ def _video_table(indexes: Sequence[ShardIndex], kept: Sequence[np.ndarray]) -> V
     )
 
 
-def _write_shard(index: ShardIndex, slots: FrameSlots, first_row: int, lengths: np.ndarray) -> ShardIndex:
+def _write_shard(
+    index: ShardIndex, slots: FrameSlots, first_row: int, first_video: int, lengths: np.ndarray
+) -> ShardIndex:
     """Copy a shard's frames into its rows of the store being built; returns the index, for progress."""
-    slots.fill(first_row, lengths, shard_frames(index))
+    slots.fill(first_row, first_video, lengths, shard_frames(index))
     return index

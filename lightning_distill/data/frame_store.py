@@ -1,6 +1,6 @@
 """The HDF5 frame store: one split of YouTube-8M in a layout that lets a training step read just its frames.
 
-Layout (format "vdistill-frame-store/1"; any HDF5 tool can read it):
+Layout (format "vdistill-frame-store/2"; any HDF5 tool can read it):
 
 * ``frames`` (F, 1152): every frame of every video, rgb (1024) then audio (128), videos back to back in
   order. uint8 quantised values for frame-level sources (NOT dequantised: a quarter of the size, and the
@@ -10,7 +10,10 @@ Layout (format "vdistill-frame-store/1"; any HDF5 tool can read it):
 * ``video_ids`` (N,) variable-length utf-8 strings.
 * ``label_offsets`` (N+1,) int64 and ``label_values`` (L,) int32: video i's labels are
   ``label_values[label_offsets[i]:label_offsets[i+1]]`` (possibly empty).
-* attributes: ``format`` = "vdistill-frame-store/1" (written last: a file without it is not a finished
+* ``checksums`` (N,) uint32: CRC32C of each video's rows of ``frames`` (its bytes as stored), so damage inside
+  a store (a zeroed block, a flipped bit) is found by ``FrameStore.verify`` (``vdistill inspect --verify``) rather
+  than trained on. Absent in format 1 stores, which are still read.
+* attributes: ``format`` = "vdistill-frame-store/2" (written last: a file without it is not a finished
   store), ``level`` ("frame" / "video"), ``source_version`` ("2017" / "2018"), ``num_classes``,
   ``max_frames`` (frames kept per video; longer videos keep their first ``max_frames``; 1 for video-level),
   ``manifest`` (JSON: the source files and options that produced the store; ``{}`` if not given).
@@ -24,8 +27,8 @@ through h5py fancy indexing of a (64, 1152)-chunked copy; student view (k=30) 1.
 0.65 s. Chunked or compressed stores written by other tools are still read, through h5py.
 
 Stores are written atomically (``building_frame_store``): a temporary file beside the store is created with
-every table and the ``frames`` dataset allocated (disk blocks reserved, bytes unwritten), the caller writes the
-frames into it in place (``convert``, which sizes the store in a first pass over its shards), and the file is
+every table and the ``frames`` and ``checksums`` datasets allocated (disk blocks reserved, bytes unwritten), the
+caller writes the frames and their checksums into it in place (``convert``, which sizes the store in a first pass over its shards), and the file is
 marked finished, fsynced and renamed over the store. ``write_frame_store`` takes records of unknown total
 size, so it spools their frames to a raw file first and copies that in.
 
@@ -42,21 +45,25 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import h5py
 import numpy as np
 
+from lightning_distill.atomic_files import replacing
 from lightning_distill.data.records import VideoRecord
 from lightning_distill.data.yt8m import FEATURE_DIM, MAX_FRAMES, RGB_DIM
 from lightning_distill.errors import DataError
 
-FORMAT = "vdistill-frame-store/1"
+FORMAT = "vdistill-frame-store/2"
+# Format 1 is format 2 without ``checksums``.
+READABLE_FORMATS = ("vdistill-frame-store/1", FORMAT)
 DTYPES = {"frame": np.dtype(np.uint8), "video": np.dtype(np.float32)}
 _COPY_BLOCK = 64 << 20
 _WRITE_BLOCK = 4 << 20
@@ -78,6 +85,7 @@ class FrameStore:
         self.path = Path(path)
         with self._open_h5() as f:
             attrs = f.attrs
+            self.format: str = str(attrs["format"])
             self.level: str = str(attrs["level"])
             self.source_version: str = str(attrs["source_version"])
             self.num_classes: int = int(attrs["num_classes"])
@@ -86,6 +94,7 @@ class FrameStore:
             self._offsets = f["offsets"][:].astype(np.int64)
             self._label_offsets = f["label_offsets"][:].astype(np.int64)
             self._label_values = f["label_values"][:].astype(np.int64)
+            self.checksums: np.ndarray | None = f["checksums"][:] if "checksums" in f else None
         self.lengths: np.ndarray = np.diff(self._offsets)
         self.dtype = DTYPES[self.level]
         self._reader: _FrameReader | None = None
@@ -172,6 +181,28 @@ class FrameStore:
         out[padding] = 0
         return out
 
+    def verify(self, progress: Callable[[int], None] | None = None) -> list[int]:
+        """Check every video's frames against its stored CRC32C; returns the indices of the videos that differ.
+
+        Args:
+            progress: called with the number of videos checked since its last call.
+
+        Raises:
+            DataError: the store has no checksums (format 1: convert it again to add them).
+        """
+        if self.checksums is None:
+            raise DataError(f"{self.path}: {self.format} store without checksums; convert it again to add them")
+        reader = self._frames()
+        bad = []
+        for video, (start, stop) in enumerate(zip(self._offsets[:-1].tolist(), self._offsets[1:].tolist())):
+            if crc32c.crc32c(np.ascontiguousarray(reader.rows(start, stop))) != self.checksums[video]:
+                bad.append(video)
+            if progress is not None and video % 1024 == 1023:
+                progress(1024)
+        if progress is not None:
+            progress(len(self) % 1024)
+        return bad
+
     def _frames(self) -> _FrameReader:
         # A handle opened before a fork must not be shared with the child: HDF5 handles are per process.
         if self._reader is None or self._reader.pid != os.getpid():
@@ -185,7 +216,7 @@ class FrameStore:
             f = h5py.File(self.path, "r")
         except OSError:
             raise DataError(f"{self.path}: not an HDF5 file; pass a store written by `vdistill convert`") from None
-        if f.attrs.get("format") != FORMAT:
+        if f.attrs.get("format") not in READABLE_FORMATS:
             found = f.attrs.get("format")
             f.close()
             raise DataError(
@@ -256,23 +287,27 @@ class VideoTable:
 
 @dataclass(frozen=True)
 class FrameSlots:
-    """The preallocated ``frames`` dataset of a store being built; picklable, so worker processes can each fill
-    their own range of rows in place.
+    """The preallocated ``frames`` and ``checksums`` datasets of a store being built; picklable, so worker
+    processes can each fill their own range of rows (and of videos) in place.
 
     Attributes:
         path: the store's temporary file.
-        offset: byte offset of the dataset in the file (None when it has no rows: nothing is allocated).
+        offset: byte offset of ``frames`` in the file (None when it has no rows: nothing is allocated).
+        checksum_offset: byte offset of ``checksums`` (None when the store has no videos).
         dtype: the store's frame dtype.
-        rows: F, rows of the dataset.
+        rows: F, rows of ``frames``.
     """
 
     path: Path
     offset: int | None
+    checksum_offset: int | None
     dtype: np.dtype
     rows: int
 
-    def fill(self, first_row: int, lengths: np.ndarray, videos: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Write videos' frames back to back from row ``first_row``.
+    def fill(
+        self, first_row: int, first_video: int, lengths: np.ndarray, videos: Iterable[tuple[np.ndarray, np.ndarray]]
+    ) -> None:
+        """Write videos' frames back to back from row ``first_row``, and their checksums from ``first_video``.
 
         Rows are assembled in a block of a few MB and written with one ``write`` per block: measured twice as
         fast as assigning them into a memory map of the file, which takes a page fault per 4 KiB written. Each
@@ -280,6 +315,7 @@ class FrameSlots:
 
         Args:
             first_row: where the first video's frames go.
+            first_video: the first video's index in the store.
             lengths: (n,) int64 frames to keep of each video (its first ones).
             videos: n (rgb, audio) pairs, (>= length, 1024) and (>= length, 128) in the store's dtype.
         """
@@ -287,16 +323,26 @@ class FrameSlots:
             return
         row_bytes = FEATURE_DIM * self.dtype.itemsize
         block = np.empty((max(_WRITE_BLOCK // row_bytes, int(lengths.max())), FEATURE_DIM), self.dtype)
+        checksums = np.empty(len(lengths), np.uint32)
         filled = 0
         position = self.offset + first_row * row_bytes
         with open(self.path, "rb+", buffering=0) as out:
-            for kept, (rgb, audio) in zip(lengths.tolist(), videos):
+            for video, (kept, (rgb, audio)) in enumerate(zip(lengths.tolist(), videos)):
                 if filled + kept > len(block):
                     position += _write_at(out.fileno(), block[:filled], position)
                     filled = 0
-                _put_rows(block[filled : filled + kept], rgb[:kept], audio[:kept])
+                rows = block[filled : filled + kept]
+                _put_rows(rows, rgb[:kept], audio[:kept])
+                checksums[video] = crc32c.crc32c(rows)
                 filled += kept
             _write_at(out.fileno(), block[:filled], position)
+        self.write_checksums(first_video, checksums)
+
+    def write_checksums(self, first_video: int, checksums: np.ndarray) -> None:
+        """Store the CRC32Cs of videos ``first_video``, ``first_video + 1``, ... (uint32, as stored)."""
+        if len(checksums):
+            with open(self.path, "rb+", buffering=0) as out:
+                _write_at(out.fileno(), checksums.astype("<u4"), self.checksum_offset + 4 * first_video)
 
 
 @contextmanager
@@ -318,10 +364,7 @@ def building_frame_store(
     """
     path = Path(path)
     dtype = DTYPES[level]
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with replacing(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f["offsets"] = _csr_offsets(table.lengths)
             f.create_dataset("video_ids", data=table.video_ids, dtype=h5py.string_dtype())
@@ -334,22 +377,25 @@ def building_frame_store(
                 max_frames=1 if level == "video" else max_frames,
                 manifest=json.dumps(manifest or {}, sort_keys=True),
             )
-            # Allocated now (not on first write) so its file offset is known; never filled: every byte is written.
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-            frames = f.create_dataset("frames", shape=(int(table.lengths.sum()), FEATURE_DIM), dtype=dtype, dcpl=dcpl)
-            slots = FrameSlots(tmp, frames.id.get_offset(), dtype, len(frames))
+            # Allocated now (not on first write) so their file offsets are known; never filled: every byte is
+            # written by the caller.
+            frames = _allocated(f, "frames", (int(table.lengths.sum()), FEATURE_DIM), dtype)
+            checksums = _allocated(f, "checksums", (len(table.lengths),), np.dtype("<u4"))
+            slots = FrameSlots(tmp, frames.id.get_offset(), checksums.id.get_offset(), dtype, len(frames))
         if slots.offset is not None:
             _reserve(tmp, slots.offset, slots.rows * FEATURE_DIM * dtype.itemsize)
         yield slots
         with h5py.File(tmp, "r+") as f:
             f.attrs["format"] = FORMAT  # last: marks the store finished
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # durable before the rename makes it visible: see the module docstring
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        # replacing() makes it durable before the rename makes it visible: see the module docstring
+
+
+def _allocated(f: h5py.File, name: str, shape: tuple[int, ...], dtype: np.dtype) -> h5py.Dataset:
+    """A contiguous dataset whose space is allocated at once and never filled by HDF5."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return f.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
 
 
 def write_frame_store(
@@ -387,11 +433,12 @@ def write_frame_store(
     os.close(fd)
     spool = Path(spool_name)
     try:
-        table = _spool(records, spool, level=level, num_classes=num_classes, max_frames=max_frames)
+        table, checksums = _spool(records, spool, level=level, num_classes=num_classes, max_frames=max_frames)
         options = dict(level=level, source_version=source_version, num_classes=num_classes, max_frames=max_frames)
         with building_frame_store(path, table, **options, manifest=manifest) as slots:
             if slots.offset is not None:
                 _copy_file(spool, slots.path, slots.offset)
+            slots.write_checksums(0, checksums)
         return len(table.video_ids)
     finally:
         spool.unlink(missing_ok=True)
@@ -399,8 +446,9 @@ def write_frame_store(
 
 def _spool(
     records: Iterable[VideoRecord], frames_path: Path, *, level: str, num_classes: int, max_frames: int
-) -> VideoTable:
-    """Append records' frames (first ``max_frames`` of each, in the store's row layout) to a raw file.
+) -> tuple[VideoTable, np.ndarray]:
+    """Append records' frames (first ``max_frames`` of each, in the store's row layout) to a raw file; returns
+    their table and (N,) uint32 checksums.
 
     Raises:
         DataError: a label is outside [0, num_classes).
@@ -409,6 +457,7 @@ def _spool(
     ids: list[str] = []
     lengths: list[int] = []
     labels: list[np.ndarray] = []
+    checksums: list[int] = []
     with open(frames_path, "wb") as out:
         for record in records:
             kept = min(record.num_frames, max_frames)
@@ -425,15 +474,17 @@ def _spool(
             rows = np.empty((kept, FEATURE_DIM), dtype)
             _put_rows(rows, record.rgb[:kept], record.audio[:kept])
             out.write(rows)
+            checksums.append(crc32c.crc32c(rows))
             ids.append(record.video_id)
             lengths.append(kept)
             labels.append(record_labels)
-    return VideoTable(
+    table = VideoTable(
         ids,
         np.array(lengths, np.int64),
         np.array([len(x) for x in labels], np.int64),
         np.concatenate(labels).astype(np.int32) if labels else np.empty(0, np.int32),
     )
+    return table, np.array(checksums, np.uint32)
 
 
 def _put_rows(rows: np.ndarray, rgb: np.ndarray, audio: np.ndarray) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import crc32c
 import numpy as np
-from tfrecord import example_pb2
+from lightning_distill.data import example_proto
 
 from lightning_distill.data.yt8m import AUDIO_DIM, DEQUANT_BIAS, DEQUANT_SCALE, FEATURE_DIM, RGB_DIM
 from lightning_distill.errors import DataError
@@ -286,7 +286,7 @@ def _segment(rng: np.random.Generator, probability: float, seconds: tuple[int, i
 
 def serialize(video: SyntheticVideo, with_labels: bool = True) -> bytes:
     """The video as a 2018 frame-level ``tf.SequenceExample`` (context id/labels, feature lists rgb/audio)."""
-    example = example_pb2.SequenceExample()
+    example = example_proto.SequenceExample()
     example.context.feature["id"].bytes_list.value.append(video.video_id.encode())
     labels = example.context.feature["labels"].int64_list
     if with_labels:

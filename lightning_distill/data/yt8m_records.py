@@ -34,7 +34,7 @@ from pathlib import Path
 import crc32c
 import numpy as np
 from google.protobuf.message import DecodeError
-from tfrecord import example_pb2
+from lightning_distill.data import example_proto
 
 from lightning_distill.data.records import VideoRecord
 from lightning_distill.data.yt8m import AUDIO_DIM, ID_KEYS, NUM_CLASSES, RGB_DIM
@@ -321,7 +321,7 @@ def _frame_level(data: memoryview, id_key: str) -> tuple[VideoRecord, tuple[int,
 
 def _video_level(data: memoryview, id_key: str) -> VideoRecord:
     try:
-        features = example_pb2.Example.FromString(data).features
+        features = example_proto.Example.FromString(data).features
     except DecodeError:
         raise _BadRecord("not a protobuf message: not a YouTube-8M record") from None
     video_id, labels = _id_and_labels(features, id_key)
@@ -331,10 +331,15 @@ def _video_level(data: memoryview, id_key: str) -> VideoRecord:
         if len(values) != dim:
             raise _BadRecord(f"'{name}' holds {len(values)} floats, expected {dim}: not a video-level record")
         means[name] = np.array(values, np.float32).reshape(1, dim)
+        if not np.isfinite(means[name]).all():
+            raise _BadRecord(
+                f"video {video_id!r}: '{name}' holds NaN or infinite values; the record is damaged: remove it "
+                "or regenerate its features"
+            )
     return VideoRecord(video_id, labels, means["mean_rgb"], means["mean_audio"])
 
 
-def _id_and_labels(context: example_pb2.Features, id_key: str) -> tuple[str, np.ndarray]:
+def _id_and_labels(context: example_proto.Features, id_key: str) -> tuple[str, np.ndarray]:
     """The video id (one utf-8 bytes value) and labels (int64, empty when the key is absent)."""
     feature = context.feature
     if id_key not in feature:
@@ -358,7 +363,7 @@ def _check_labels(labels: np.ndarray, num_classes: int) -> None:
         )
 
 
-def _split_sequence_example(data: memoryview) -> tuple[example_pb2.Features, dict[str, tuple[int, int]]]:
+def _split_sequence_example(data: memoryview) -> tuple[example_proto.Features, dict[str, tuple[int, int]]]:
     """Parse a ``SequenceExample``'s context with protobuf and locate its feature lists' encoded bytes.
 
     SequenceExample: context = field 1 (Features), feature_lists = field 2 (FeatureLists: repeated field 1 map
@@ -379,7 +384,7 @@ def _split_sequence_example(data: memoryview) -> tuple[example_pb2.Features, dic
                     if entry_field == 1:
                         key, payload = _map_entry(data, entry_start, entry_stop)
                         lists[key] = payload
-        context = example_pb2.Features.FromString(b"".join(context_parts))
+        context = example_proto.Features.FromString(b"".join(context_parts))
     except (DecodeError, ValueError):
         raise _BadRecord("not a protobuf message: not a YouTube-8M record") from None
     return context, lists
@@ -452,7 +457,7 @@ def _decoded_frames(payload: memoryview, name: str, dim: int) -> np.ndarray:
     """(n, dim) uint8 frames of any legal encoding of a ``FeatureList``, frame by frame with protobuf (which
     also reports a frame of the wrong size)."""
     try:
-        features = example_pb2.FeatureList.FromString(payload).feature
+        features = example_proto.FeatureList.FromString(payload).feature
     except DecodeError:
         raise _BadRecord(f"the '{name}' feature list is not a protobuf message: not a YouTube-8M record") from None
     values = []

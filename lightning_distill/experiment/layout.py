@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,15 +80,6 @@ def checkpoint_path(run_dir: Path) -> Path:
     """The checkpoint a training run in ``run_dir`` keeps: the best by its config's monitored metric, or the
     latest when it monitors none."""
     return run_dir / "checkpoints" / "best.ckpt"
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so that readers see the old file or the whole new one, never a part (a killed run leaves
-    no half-written marker behind)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:

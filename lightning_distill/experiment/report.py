@@ -17,7 +17,8 @@ from typing import Any
 import wandb
 
 from lightning_distill.experiment.grid import TEACHER_METHOD, Cell, Grid, row_labels
-from lightning_distill.experiment.layout import ExperimentLayout, read_json, write_json_atomic
+from lightning_distill.atomic_files import write_json_atomic
+from lightning_distill.experiment.layout import ExperimentLayout, read_json
 from lightning_distill.experiment.plots import (
     Ceiling,
     CurvePanel,

@@ -30,7 +30,8 @@ from lightning_distill.data.synthetic import generate
 from lightning_distill.errors import ConfigError, VDistillError
 from lightning_distill.experiment.cell_config import cell_configs, dump_yaml
 from lightning_distill.experiment.grid import TEACHER_METHOD, Cell, Grid, expand_grid
-from lightning_distill.experiment.layout import ExperimentLayout, read_json, write_json_atomic
+from lightning_distill.atomic_files import write_json_atomic
+from lightning_distill.experiment.layout import ExperimentLayout, read_json
 from lightning_distill.experiment.report import CostEntry, log_to_wandb, table_section, write_report
 from lightning_distill.experiment.tsne import plot_representations
 
