@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 
@@ -40,3 +42,34 @@ def test_unreadable_files(tmp_path):
     torch.save({"weights": 1}, tmp_path / "plain.pt")
     with pytest.raises(ConfigError, match="plain.pt has no state_dict"):
         read_checkpoint(tmp_path / "plain.pt")
+
+
+class Payload:
+    """Unpickled by a full unpickler, this creates ``marker``: what a malicious checkpoint would do, harmlessly."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def payload_checkpoint(path: pathlib.Path, marker: pathlib.Path) -> pathlib.Path:
+    """A Lightning-shaped checkpoint whose hyper-parameters carry ``Payload``."""
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {"x": Payload(marker)}}, path)
+    return path
+
+
+def test_a_payload_is_refused_without_running(tmp_path):
+    marker = tmp_path / "ran"
+    path = payload_checkpoint(tmp_path / "evil.ckpt", marker)
+    for weights in (True, False):
+        with pytest.raises(ConfigError) as error:
+            read_checkpoint(path, weights=weights)
+        message = str(error.value)
+        assert message.startswith(f"checkpoint {path} holds Python objects") and "refused" in message
+        assert "\n" not in message
+    assert not marker.exists()
+    # The check is not vacuous: torch's full unpickler runs the payload.
+    torch.load(path, weights_only=False)
+    assert marker.exists()

@@ -17,6 +17,7 @@ import yaml
 from lightning.pytorch import LightningModule
 
 from conftest import SYNTHETIC_CLASSES
+from test_checkpoints import payload_checkpoint
 from lightning_distill.cli.main import VDistillCLI, main
 from lightning_distill.data.frame_store import FrameStore
 
@@ -216,7 +217,7 @@ def test_fit_test_predict_profile_round_trip(synthetic_tfrecords, tmp_path, monk
     run_ok(["fit", student_config, *data, f"--model.init_args.teacher_checkpoint={teacher}",
             "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"])
     student = tmp_path / "runs/student_tiny_hrnn/checkpoints/last.ckpt"
-    assert not any(k.startswith("teacher") for k in torch.load(student, weights_only=False)["state_dict"])
+    assert not any(k.startswith("teacher") for k in torch.load(student, weights_only=True)["state_dict"])
 
     # The student is tested and used without its teacher: the teacher's checkpoint is gone.
     teacher.unlink()
@@ -261,6 +262,35 @@ def test_missing_and_foreign_checkpoints_are_one_line(synthetic_tfrecords, tmp_p
     message = run_error(["test", teacher_config, *data, "--data.num_classes=16", f"--data.store_dir={tmp_path}/s16",
                          f"--ckpt_path={teacher}"], capsys)
     assert "was trained for 8 classes but the data has 16" in message
+
+
+def test_payload_checkpoints_are_refused_on_every_path(synthetic_tfrecords, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = data_args(synthetic_tfrecords, tmp_path / "stores")
+    marker = tmp_path / "payload_ran"
+    evil = payload_checkpoint(tmp_path / "evil.ckpt", marker)
+    teacher = _teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
+    student_config = f"--config={CONFIGS / 'tiny' / 'student_hrnn.yaml'}"
+    fit = ["fit", student_config, *data, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+           "--trainer.limit_val_batches=1"]
+    for args in (
+        ["test", f"--config={CONFIGS / 'tiny' / 'teacher_hrnn.yaml'}", *data, f"--ckpt_path={evil}"],
+        [*fit, f"--model.init_args.teacher_checkpoint={evil}"],
+        [*fit, f"--model.init_args.teacher_checkpoint={teacher}", f"--model.init_args.init_from={evil}"],
+    ):
+        message = run_error(args, capsys)
+        assert f"checkpoint {evil} holds Python objects" in message and "refused" in message
+        assert not marker.exists()
+
+
+def test_a_checkpoint_of_another_encoder_is_refused_with_both_names(synthetic_tfrecords, tmp_path, monkeypatch,
+                                                                     capsys):
+    monkeypatch.chdir(tmp_path)
+    data = data_args(synthetic_tfrecords, tmp_path / "stores")
+    teacher = _teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
+    message = run_error(["test", f"--config={CONFIGS / 'tiny' / 'teacher_netvlad.yaml'}", *data,
+                         f"--ckpt_path={teacher}"], capsys)
+    assert f"checkpoint {teacher} holds a HRNN encoder but the config builds a NetVLAD encoder" in message
 
 
 def test_runs_log_config_cost_and_metrics(synthetic_tfrecords, tmp_path, monkeypatch):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import lightning as L
 import numpy as np
 import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
-from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
-from lightning.pytorch.trainer.states import RunningStage
-from lightning.pytorch.utilities.data import _update_dataloader
+from torch.utils.data import DistributedSampler
 from yt8m_writer import frame_level_example, random_video, write_tfrecord
 
 from lightning_distill.data.datamodule import YT8MDataModule
@@ -296,36 +296,72 @@ def test_bad_settings_are_config_errors(source, setting):
         _module(source[0], **setting)
 
 
+def _ranked(dm: YT8MDataModule, rank: int, world: int = 2) -> YT8MDataModule:
+    """``dm`` as rank ``rank`` of a ``world``-process run sees it (the attributes a trainer lends it)."""
+    dm.trainer = SimpleNamespace(world_size=world, global_rank=rank, lightning_module=None)
+    return dm
+
+
 @pytest.mark.parametrize("reader_threads", [0, 2])
-@pytest.mark.parametrize("num_videos", [16, 20])  # 2 and 2.5 batches of 8 per rank
-def test_two_ranks_share_the_batches_as_lightning_distributes_them(tmp_path, num_videos, reader_threads):
+@pytest.mark.parametrize("num_videos", [16, 20, 3])  # 2, 2.5 and 0.375 batches of 8 per rank
+def test_ranks_share_the_batches_and_evaluate_every_video_once(tmp_path, num_videos, reader_threads):
     path = tmp_path / "ranks.h5"
     records = _records(4, LENGTHS[:num_videos])
     write_frame_store(path, records, level="frame", source_version="2018", num_classes=NUM_CLASSES)
-    dm = _module(path, val_fraction=0.0, views={"student": UniformSampler(2)}, reader_threads=reader_threads)
-    loader = dm.train_dataloader()
+    options = dict(val_fraction=0.0, views={"student": UniformSampler(2)}, reader_threads=reader_threads)
+    single = _module(path, **options)
+    every = [f"vid{i:02d}" for i in range(num_videos)]
     for epoch in (0, 1):
         per_rank = []
         for rank in (0, 1):
-            ranked = _as_lightning_distributes(loader, RunningStage.TRAINING, rank)
-            assert type(ranked) is type(loader) and ranked.reader_threads == reader_threads
-            _set_sampler_epoch(ranked, epoch)
-            per_rank.append([v for b in ranked for v in b.video_ids])
-        assert set(per_rank[0]) | set(per_rank[1]) == {f"vid{i:02d}" for i in range(num_videos)}
-        assert len(per_rank[0]) == len(set(per_rank[0]))
-        overlap = set(per_rank[0]) & set(per_rank[1])
-        # Batches are dealt out whole; 3 batches (8 + 8 + 4) for 2 ranks: DistributedSampler repeats one batch.
-        assert len(overlap) == 0 if num_videos == 16 else len(overlap) in (4, 8)
+            loader = _ranked(_module(path, **options), rank).train_dataloader()
+            # Lightning leaves a DistributedSampler in place: it would pad evaluation shares with repeats.
+            assert isinstance(loader.sampler, DistributedSampler)
+            _set_sampler_epoch(loader, epoch)
+            per_rank.append([b.video_ids for b in loader])
+        # Training: every rank takes the same number of steps; together they see every video.
+        assert len(per_rank[0]) == len(per_rank[1]) == -(-num_videos // 16)
+        assert {v for batches in per_rank for b in batches for v in b} == set(every)
 
-    predict = YT8MDataModule(predict_files=str(path), batch_size=8, num_workers=0, views={"s": UniformSampler(2)})
-    loader = predict.predict_dataloader()
-    ranked = [_as_lightning_distributes(loader, RunningStage.PREDICTING, rank) for rank in (0, 1)]
-    ids = [v for loader in ranked for b in loader for v in b.video_ids]
-    assert sorted(ids) == [f"vid{i:02d}" for i in range(num_videos)]  # each exactly once
+    for split in ("test", "predict"):
+        files = {f"{split}_files": str(path)}
+        expected = [b.video_ids for b in getattr(_module(path, **options, **files), f"{split}_dataloader")()]
+        shares = [[b.video_ids for b in getattr(_ranked(_module(path, **options, **files), rank), f"{split}_dataloader")()]
+                  for rank in (0, 1)]
+        # Evaluation: contiguous, unpadded shares of the single process's batches, in its order.
+        assert shares[0] + shares[1] == expected
+        assert sorted(v for share in shares for b in share for v in b) == every
+    assert single.train_dataloader().sampler.num_replicas == 1
 
 
-def _as_lightning_distributes(loader, mode: RunningStage, rank: int):
-    """The loader rank ``rank`` of 2 gets from Lightning's DDP set-up (``use_distributed_sampler=True``)."""
-    shuffle = mode == RunningStage.TRAINING
-    sampler = _get_distributed_sampler(loader, shuffle, overfit_batches=0, mode=mode, num_replicas=2, rank=rank)
-    return _update_dataloader(loader, sampler, mode=mode)
+@pytest.mark.parametrize("reader_threads", [0, 2])
+def test_a_loader_resumes_mid_epoch_where_it_stopped(source, reader_threads):
+    def loader():
+        dm = _module(source[0], val_fraction=0.0, batch_size=3, views={"s": RandomSampler(2)}, reader_threads=reader_threads)
+        train = dm.train_dataloader()
+        _set_sampler_epoch(train, 1)
+        return train
+
+    uninterrupted = [(b.video_ids, b.views["s"].positions) for b in loader()]
+    interrupted = loader()
+    consumed = []
+    for batch in interrupted:
+        consumed.append((batch.video_ids, batch.views["s"].positions))
+        if len(consumed) == 4:
+            break
+    state = interrupted.state_dict()
+    assert state == {"epoch": 1, "batches": 4}
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = [(b.video_ids, b.views["s"].positions) for b in resumed]
+    assert len(consumed) + len(rest) == len(uninterrupted)
+    for (ids, positions), (expected_ids, expected_positions) in zip(consumed + rest, uninterrupted):
+        assert ids == expected_ids and torch.equal(positions, expected_positions)
+    assert resumed.state_dict() == {"epoch": 1, "batches": len(uninterrupted)}
+
+    # A state saved at the end of epoch 1 must not cut epoch 2 short.
+    next_epoch = loader()
+    next_epoch.load_state_dict({"epoch": 1, "batches": len(uninterrupted)})
+    _set_sampler_epoch(next_epoch, 2)
+    assert len(list(next_epoch)) == len(uninterrupted)

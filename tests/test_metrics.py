@@ -161,11 +161,12 @@ def test_two_ranks_merged_equal_one_metric_over_all_videos():
     assert as_floats(gathered.compute()) == pytest.approx(expected, abs=1e-12)
 
 
-def test_state_is_seven_bytes_per_kept_prediction_and_no_class_matrix():
+def test_state_is_nine_bytes_per_kept_prediction_and_no_class_matrix():
     metric = YT8MMetrics(num_classes=3862, top_k=20)
     metric.update(torch.rand(64, 3862), (torch.rand(64, 3862) < 0.001).float())
     per_video = sum(dim_zero_cat(getattr(metric, n)).nbytes for n in ("topk_scores", "topk_classes", "topk_is_label"))
-    assert per_video / 64 == 20 * (4 + 2 + 1)
+    # float32 score, int32 class (collectives have no int16), bool hit.
+    assert per_video / 64 == 20 * (4 + 4 + 1)
 
 
 def test_reset_forgets_videos():

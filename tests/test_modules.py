@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.samplers import AllFramesSampler, FirstSampler, FrameSampler, UniformSampler
-from lightning_distill.errors import ConfigError
+from lightning_distill.errors import ConfigError, DataError
 from lightning_distill.models import HRNN, MoEHead, NetVLAD, NeXtVLAD
 from lightning_distill.training.losses import classification_loss
 from lightning_distill.training import (
@@ -103,11 +103,16 @@ def teacher_module(encoder=None, **kwargs) -> TeacherModule:
     return TeacherModule(encoder or hrnn(), num_classes=NUM_CLASSES, **kwargs)
 
 
+TINY_HRNN = {"class_path": "lightning_distill.models.HRNN", "init_args": {"input_dim": DIM, "hidden_size": 16,
+                                                                          "num_layers": 2, "block_length": 4}}
+
+
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory) -> Path:
-    """A TeacherModule (tiny H-RNN, blocks of 4) trained a few steps."""
+    """A TeacherModule (tiny H-RNN, blocks of 4) trained a few steps, built from its config as `vdistill fit` does,
+    so its checkpoint records its hyper-parameters as plain data."""
     torch.manual_seed(0)
-    module = teacher_module()
+    module = cli_model("TeacherModule", {"encoder": TINY_HRNN, "num_classes": NUM_CLASSES})
     t = trainer(max_steps=6)
     t.fit(module, datamodule=TinyVideos())
     path = tmp_path_factory.mktemp("teacher") / "teacher.ckpt"
@@ -204,7 +209,7 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def test_serial_student_keeps_teacher_frozen_and_starts_from_its_head(teacher_ckpt, tmp_path):
     torch.manual_seed(0)
-    saved = torch.load(teacher_ckpt, weights_only=False)["state_dict"]
+    saved = torch.load(teacher_ckpt, weights_only=True)["state_dict"]
     teacher_head = {k[len("head.") :]: v for k, v in saved.items() if k.startswith("head.")}
     teacher_all = {k: v for k, v in saved.items() if k.startswith(("encoder.", "head."))}
     # L_rep alone gives the head no gradient: after fitting it must still be the teacher's head exactly.
@@ -239,12 +244,14 @@ def test_serial_student_checkpoint_has_no_teacher_and_evaluates_without_it(teach
     t.save_checkpoint(student_ckpt)
     expected = torch.cat([p["probabilities"] for p in trainer().predict(student, datamodule=data)])
 
-    keys = torch.load(student_ckpt, weights_only=False)["state_dict"].keys()
+    keys = torch.load(student_ckpt, weights_only=True)["state_dict"].keys()
     assert not any(k.startswith("teacher.") for k in keys)
     assert any(k.startswith("encoder.") for k in keys) and any(k.startswith("head.") for k in keys)
 
     teacher_copy.unlink()
-    restored = StudentModule.load_from_checkpoint(student_ckpt, weights_only=False)
+    # Built in Python, the student's checkpoint keeps plain hyper-parameters only: the objects are given back.
+    restored = StudentModule.load_from_checkpoint(student_ckpt, weights_only=True, encoder=hrnn(block_length=2),
+                                                  sampler=UniformSampler(4))
     assert restored.teacher is None
     predicted = torch.cat([p["probabilities"] for p in trainer().predict(restored, datamodule=data)])
     assert torch.equal(predicted, expected)
@@ -261,7 +268,7 @@ def test_serial_student_resumes_from_its_checkpoint(teacher_ckpt, tmp_path):
     first.fit(first_module, datamodule=data)
     path = tmp_path / "student.ckpt"
     first.save_checkpoint(path)
-    teacher_saved = torch.load(teacher_ckpt, weights_only=False)["state_dict"]
+    teacher_saved = torch.load(teacher_ckpt, weights_only=True)["state_dict"]
     assert not torch.equal(first_module.head.linear.weight, teacher_saved["head.linear.weight"])
 
     started = {}
@@ -271,8 +278,7 @@ def test_serial_student_resumes_from_its_checkpoint(teacher_ckpt, tmp_path):
             started.update(state(module.head))
 
     resumed, second = make(), trainer(max_steps=4, callbacks=[Snapshot()])
-    # weights_only=False: modules built in Python (not by the CLI) pickle their encoder into the hyper-parameters.
-    second.fit(resumed, datamodule=data, ckpt_path=path, weights_only=False)
+    second.fit(resumed, datamodule=data, ckpt_path=path, weights_only=True)
     assert second.global_step == 4
     # The resumed head is the checkpoint's, not re-initialised from the teacher's.
     assert same(started, state(first_module.head))
@@ -410,6 +416,30 @@ def test_diverged_term_is_named():
     with pytest.raises(ConfigError, match=r"loss term 'blowup' \(train/student/loss/blowup\) became inf at step 0: "
                                           "lower its weight or the learning rate"):
         trainer().fit(module, datamodule=TinyVideos())
+
+
+def with_nan_features(video: int) -> TinyVideos:
+    data = TinyVideos()
+    data.frames[video, 1, 3] = float("nan")
+    return data
+
+
+def test_non_finite_features_are_bad_data_not_a_loss_weight():
+    with pytest.raises(DataError, match=r"videos 'vid005' in the batch of step 0 have NaN or infinite features: the "
+                                        "data is damaged, not the model"):
+        trainer().fit(teacher_module(), datamodule=with_nan_features(5))
+
+
+@pytest.mark.parametrize("stage", ["test", "predict"])
+def test_evaluation_refuses_non_finite_features_and_weights(stage):
+    module = teacher_module()
+    with pytest.raises(DataError, match=r"videos 'vid010' in this batch have NaN or infinite features"):
+        getattr(trainer(), stage)(module, datamodule=with_nan_features(10))
+    with torch.no_grad():
+        module.head.linear.weight.fill_(float("nan"))
+    with pytest.raises(ConfigError, match=r"predicts NaN or infinite scores for videos 'vid000', .* and 3 more, whose "
+                                          "features are finite"):
+        getattr(trainer(), stage)(module, datamodule=TinyVideos())
 
 
 def cli_model(class_name: str, init_args: dict) -> VideoClassifierModule:

@@ -91,6 +91,8 @@ class YT8MDataModule(L.LightningDataModule):
         views: dict[str, FrameSampler] | None = None,
     ) -> None:
         super().__init__()
+        # With more ranks than evaluation batches some ranks evaluate nothing; their metrics still sync.
+        self.allow_zero_length_dataloader_with_multiple_devices = True
         _check_settings(batch_size, num_workers, reader_threads, max_frames, val_fraction, num_classes)
         self.sources = {"train": train_files, "val": val_files, "test": test_files, "predict": predict_files}
         self.store_dir = Path(store_dir)
@@ -183,11 +185,13 @@ class YT8MDataModule(L.LightningDataModule):
         if split not in self._videos:
             raise ConfigError(f"no {split} data: set data.{split}_files to TFRecords or a frame store")
         videos = self._videos[split]
+        # The sampler shares batches between ranks itself (see data/loading.py); a rank may get none to evaluate.
+        ranks = {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank} if self.trainer else {}
         return ThreadedDataLoader(
             VideoBatchDataset(self._stores[split], videos, self._views(stage), self.max_frames),
             reader_threads=self.reader_threads,
             # Batches come whole from the sampler: batch_size=None turns off per-sample collation.
-            sampler=VideoBatchSampler(len(videos), self.batch_size, shuffle=shuffle, seed=self.seed),
+            sampler=VideoBatchSampler(len(videos), self.batch_size, shuffle=shuffle, seed=self.seed, **ranks),
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

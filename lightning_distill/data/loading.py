@@ -9,10 +9,14 @@ Every request carries the seed of its random frame draws, derived from ``(seed, 
 frames a batch sees do not depend on worker processes, reader threads or ranks, change every training epoch,
 and stay fixed at evaluation (where the epoch is not used).
 
-Distributed training needs no special handling: Lightning wraps ``VideoBatchSampler`` in its
-``DistributedSamplerWrapper``, which hands each rank a disjoint share of the requests. That works because the
-requests are a function of ``(seed, epoch)`` alone, identical on every rank, and the wrapper forwards
-``set_epoch`` to this sampler.
+Distributed runs: ``VideoBatchSampler`` splits the batches between ranks itself, so Lightning keeps it instead of
+wrapping it in its ``DistributedSampler``, which pads every rank's share with repeated items: at evaluation
+that counted some videos twice in the metrics. Training shares are padded (every rank must take the same number
+of steps); evaluation shares are contiguous runs of batches, unpadded, so across ranks every video is scored once,
+in the order a single process scores them.
+
+``ThreadedDataLoader`` is resumable (``state_dict``/``load_state_dict``): a fit restored from a mid-epoch
+checkpoint continues the epoch's batch order where it stopped, rather than starting the epoch over.
 
 Worker processes hand every batch to the training process through shared memory, which costs more than the
 read for the teacher view (48 MB per batch of 256). ``ThreadedDataLoader`` reads in threads of the training
@@ -29,7 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.frame_store import FrameStore
@@ -48,27 +52,48 @@ class BatchRequest(NamedTuple):
     seed: int
 
 
-class VideoBatchSampler(Sampler[BatchRequest]):
-    """Consecutive batches of positions 0 .. num_videos - 1: reshuffled every epoch, or in order.
+class VideoBatchSampler(DistributedSampler):
+    """Batches of positions 0 .. num_videos - 1, reshuffled every epoch or in order, this rank's share of them.
+
+    The batches are those of a single process (consecutive slices of the epoch's order, the last one possibly
+    smaller), numbered globally; rank r of W takes, when shuffling (training), batches r, r + W, ... of the batch
+    list padded with its first batches to a multiple of W, and otherwise (evaluation) the r-th of W contiguous,
+    unpadded runs of batches. A ``DistributedSampler`` only so that Lightning leaves it in place.
 
     Args:
-        num_videos: positions to cover; the last batch may be smaller.
+        num_videos: positions to cover.
         batch_size: positions per batch.
         shuffle: permute the positions, and draw frames anew, every epoch (training); otherwise the batches
             and their frame draws are the same every time (evaluation).
         seed: base seed of the permutation and of the frame draws.
+        num_replicas: W, the ranks sharing the batches (1 without distribution).
+        rank: this process's rank in [0, W).
     """
 
-    def __init__(self, num_videos: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    def __init__(
+        self, num_videos: int, batch_size: int, shuffle: bool, seed: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        # Not DistributedSampler.__init__: it counts videos (and may ask torch.distributed for the world);
+        # this sampler's items are batches, shared as the docstring says.
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
         self.num_videos = num_videos
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.epoch = 0
+        self.drop_last = False
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of ``epoch`` (Lightning calls this before every epoch)."""
         self.epoch = epoch
+
+    def skip_once(self, batches: int) -> None:
+        """Have the next pass leave out its first ``batches`` batches (a resumed fit)."""
+        self._skip = batches
 
     def __iter__(self) -> Iterator[BatchRequest]:
         epoch = self.epoch if self.shuffle else 0
@@ -76,12 +101,23 @@ class VideoBatchSampler(Sampler[BatchRequest]):
             order = torch.randperm(self.num_videos, generator=torch.Generator().manual_seed(self.seed + epoch))
         else:
             order = torch.arange(self.num_videos)
-        for number, chunk in enumerate(order.split(self.batch_size)):
+        batches = order.split(self.batch_size)
+        skip, self._skip = self._skip, 0
+        for number in self._share(len(batches))[skip:]:
             seed = int(np.random.SeedSequence([self.seed, epoch, number]).generate_state(1)[0])
-            yield BatchRequest(chunk.tolist(), seed)
+            yield BatchRequest(batches[number].tolist(), seed)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_videos / self.batch_size)
+        return len(self._share(math.ceil(self.num_videos / self.batch_size)))
+
+    def _share(self, num_batches: int) -> range | list[int]:
+        """The global numbers of this rank's batches, in the order it reads them."""
+        if self.num_replicas == 1:
+            return range(num_batches)
+        if self.shuffle:
+            padded = math.ceil(num_batches / self.num_replicas) * self.num_replicas
+            return [number % num_batches for number in range(self.rank, padded, self.num_replicas)]
+        return range(num_batches * self.rank // self.num_replicas, num_batches * (self.rank + 1) // self.num_replicas)
 
 
 class VideoBatchDataset(Dataset[VideoBatch]):
@@ -140,10 +176,14 @@ class VideoBatchDataset(Dataset[VideoBatch]):
 
 
 class ThreadedDataLoader(DataLoader):
-    """A ``DataLoader`` that, with ``reader_threads > 0`` (and ``num_workers=0``), reads batches ahead in threads.
+    """A resumable ``DataLoader`` that, with ``reader_threads > 0`` (and ``num_workers=0``), reads batches ahead in
+    threads.
 
     Batches come out in sampler order, at most ``reader_threads + prefetch`` read ahead. Lightning can still
     swap its distributed sampler in: the class takes every ``DataLoader`` argument.
+
+    ``state_dict`` records how many batches of the current epoch were handed out (not read ahead); after
+    ``load_state_dict`` the next pass over that epoch starts after them. Needs a ``VideoBatchSampler``.
 
     Args:
         dataset: passed to ``DataLoader``.
@@ -158,11 +198,32 @@ class ThreadedDataLoader(DataLoader):
             raise ValueError("reader_threads and num_workers exclude each other; set one of them to 0")
         self.reader_threads = reader_threads
         self.prefetch = prefetch
+        self._handed_out = 0
+        self._resume: dict[str, int] | None = None
 
     def __iter__(self) -> Iterator[Any]:
-        if not self.reader_threads:
-            return super().__iter__()
-        return self._read_ahead()
+        return self._handed_out_batches()
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": e, "batches": n}``: n batches of epoch e were handed out."""
+        return {"epoch": self.sampler.epoch, "batches": self._handed_out}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Have the next pass, if it is over epoch ``state["epoch"]``, start after its first ``state["batches"]``."""
+        self._resume = dict(state)
+
+    def _handed_out_batches(self) -> Iterator[Any]:
+        # A generator, so this runs at the first next(): Lightning makes a resumed fit's iterator before it sets
+        # the sampler's epoch.
+        resume, self._resume = self._resume, None
+        self._handed_out = 0
+        if resume is not None and resume["epoch"] == self.sampler.epoch:
+            # A checkpoint saved at an epoch's end names that epoch; the fit then resumes with the next one.
+            self._handed_out = resume["batches"]
+            self.sampler.skip_once(resume["batches"])
+        for batch in self._read_ahead() if self.reader_threads else super().__iter__():
+            self._handed_out += 1
+            yield batch
 
     def _read_ahead(self) -> Iterator[Any]:
         # Leaving the pool (also when the consumer stops early) waits only for the reads already submitted.

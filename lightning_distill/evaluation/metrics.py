@@ -37,8 +37,9 @@ class YT8MMetrics(Metric):
     breaks ties arbitrarily; any rule gives the same value when scores are distinct. Under DDP the order of
     arrival is rank 0's videos, then rank 1's, and so on.
 
-    State: per video its top-k scores (float32), classes (int16 below 32768 classes, else int32) and whether each
-    is a true label (bool), 7·k bytes (140 B for k = 20), plus per-class true-label counts and three sums. Never
+    State: per video its top-k scores (float32), classes (int32: neither gloo nor NCCL gathers int16, so DDP's
+    metric sync failed with it) and whether each is a true label (bool), 9·k bytes (180 B for k = 20), plus
+    per-class true-label counts and three sums. Never
     a (videos, classes) matrix, so YouTube-8M's 1.4M validation videos take ~200 MB. Lists are concatenated and
     counts summed across DDP ranks.
 
@@ -57,7 +58,6 @@ class YT8MMetrics(Metric):
             raise ConfigError(f"YT8MMetrics needs num_classes >= 1 and top_k >= 1, got {num_classes} and {top_k}")
         self.num_classes = num_classes
         self.top_k = min(top_k, num_classes)
-        self.class_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int32
         # Flat 1-D lists (video-major, k entries per video): torchmetrics' DDP sync pads an empty rank with a 1-D
         # tensor, which only concatenates with 1-D states.
         self.add_state("topk_scores", default=[], dist_reduce_fx="cat")
@@ -94,7 +94,7 @@ class YT8MMetrics(Metric):
         ranked_is_label = labels.gather(1, classes) > 0
 
         self.topk_scores.append(values[:, : self.top_k].flatten())
-        self.topk_classes.append(classes[:, : self.top_k].flatten().to(self.class_dtype))
+        self.topk_classes.append(classes[:, : self.top_k].flatten().to(torch.int32))
         self.topk_is_label.append(ranked_is_label[:, : self.top_k].flatten())
         self.labels_per_class += labels.sum(dim=0).long()
 

@@ -23,6 +23,7 @@ from lightning_distill.experiment.grid import REPRESENTATION_TERMS, Cell, Grid
 from lightning_distill.experiment.layout import ExperimentLayout
 from lightning_distill.experiment.plots import plot_tsne
 from lightning_distill.models.encoder import VideoEncoder
+from lightning_distill.training.checkpoints import load_module
 from lightning_distill.training.distill import DistillModule
 from lightning_distill.training.student import StudentModule
 from lightning_distill.training.teacher import TeacherModule
@@ -30,7 +31,6 @@ from lightning_distill.training.teacher import TeacherModule
 TOP_CLASSES = 5
 # Labels are counted this many videos at a time, so a 1.4M-video test store never becomes one dense matrix.
 _LABEL_CHUNK = 8192
-_ON_CPU = {"map_location": "cpu", "weights_only": False}
 
 
 def pick_student(layout: ExperimentLayout, grid: Grid, cells: list[Cell]) -> Cell | None:
@@ -85,11 +85,10 @@ def load_encoders(
     """
     path = layout.checkpoint(student.name)
     if student.role == "parallel":
-        module = DistillModule.load_from_checkpoint(path, **_ON_CPU).eval()
+        module = load_module(DistillModule, path).eval()
         return module.teacher_encoder, module.teacher_sampler, module.encoder, module.sampler
-    # Trusted as much as the cells' own --ckpt_path: this experiment wrote them.
-    teacher = TeacherModule.load_from_checkpoint(layout.checkpoint(student.teacher), **_ON_CPU)
-    module = StudentModule.load_from_checkpoint(path, **_ON_CPU)
+    teacher = load_module(TeacherModule, layout.checkpoint(student.teacher))
+    module = load_module(StudentModule, path)
     return teacher.eval().encoder, teacher.sampler, module.eval().encoder, module.sampler
 
 

@@ -1,30 +1,74 @@
-"""Checks on a checkpoint before Lightning loads it, so a bad ``--ckpt_path`` is one actionable line."""
+"""Safe checkpoint loading, and checks before Lightning loads one, so a bad checkpoint is one actionable line.
+
+Every checkpoint vdistill reads (``--ckpt_path``, a student's ``teacher_checkpoint``, ``init_from``) is unpickled
+with torch's restricted unpickler (``weights_only=True``): tensors, numbers, strings and containers only.
+Checkpoints are shared and downloaded, and a full unpickler runs whatever a file asks it to; vdistill's own
+checkpoints hold nothing else (LightningCLI records hyper-parameters as plain config dicts).
+"""
 
 from __future__ import annotations
 
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from lightning_distill.errors import ConfigError
 
+M = TypeVar("M")
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint on the CPU, raising ``ConfigError`` if it is missing or unreadable."""
+# torch names the first object its restricted unpickler refused as "Unsupported global: GLOBAL <name>".
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def read_checkpoint(path: str | Path, *, weights: bool = True) -> dict[str, Any]:
+    """Load a Lightning checkpoint on the CPU with torch's restricted unpickler.
+
+    Args:
+        path: the checkpoint file.
+        weights: read the tensors' data; False maps the file instead (nothing is read until used), which is
+            enough to check a checkpoint before Lightning loads it.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not a Lightning checkpoint, or holds objects other than
+            tensors and plain data (a pickle that would run code when loaded), naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist: pass a .ckpt written by `vdistill fit`")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=not weights)
+    except pickle.UnpicklingError as error:
+        refused = _REFUSED_GLOBAL.search(str(error))
+        if refused is None:
+            raise ConfigError(f"checkpoint {path} cannot be read ({_first_line(error)}): it is corrupt") from None
+        raise ConfigError(
+            f"checkpoint {path} holds Python objects, not only weights and settings (it names {refused.group(1)}), "
+            "so loading it could run code: refused; use a checkpoint written by `vdistill fit`"
+        ) from None
     except Exception as error:  # torch raises many types for a damaged file; all mean the same to a user
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"checkpoint {path} cannot be read ({reason}): it is corrupt or not a checkpoint") from None
+        raise ConfigError(
+            f"checkpoint {path} cannot be read ({_first_line(error)}): it is corrupt or not a checkpoint"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"checkpoint {path} has no state_dict: it is not a Lightning checkpoint")
     return checkpoint
+
+
+def load_module(module_class: type[M], path: str | Path) -> M:
+    """``module_class.load_from_checkpoint(path)`` on the CPU, after ``read_checkpoint``'s checks, never unpickling
+    anything but weights and plain data."""
+    read_checkpoint(path, weights=False)
+    return module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def checkpoint_class_path(checkpoint: dict[str, Any]) -> str | None:
@@ -34,20 +78,43 @@ def checkpoint_class_path(checkpoint: dict[str, Any]) -> str | None:
 
 
 def check_checkpoint(path: str | Path, model_config: Any | None = None) -> None:
-    """Fail with one line if ``path`` is not a readable checkpoint of the module class the config builds.
+    """Fail with one line if ``path`` is not a safe, readable checkpoint of the module and encoder classes the
+    config builds.
+
+    LightningCLI rebuilds the model from the checkpoint's own hyper-parameters, so without this check an H-RNN
+    checkpoint tested with a NetVLAD config would silently test the H-RNN.
 
     Args:
         path: the ``--ckpt_path`` given.
-        model_config: the parsed ``model`` section (with ``class_path``), if any.
+        model_config: the parsed ``model`` section (with ``class_path`` and ``init_args``), if any.
     """
-    checkpoint = read_checkpoint(path)
-    stored = checkpoint_class_path(checkpoint)
-    configured = getattr(model_config, "class_path", None) if model_config is not None else None
-    if stored and configured and stored != configured:
-        raise ConfigError(
-            f"checkpoint {path} holds a {stored.rsplit('.', 1)[-1]} but the config builds a "
-            f"{configured.rsplit('.', 1)[-1]}: use the config the checkpoint was trained with"
-        )
+    checkpoint = read_checkpoint(path, weights=False)
+    if model_config is None:
+        return
+    hparams = checkpoint.get("hyper_parameters") or {}
+    init_args = getattr(model_config, "init_args", None)
+    pairs = {
+        "module": (checkpoint_class_path(checkpoint), getattr(model_config, "class_path", None)),
+        "encoder": (_class_path(hparams.get("encoder")), _class_path(getattr(init_args, "encoder", None))),
+    }
+    for part, (stored, configured) in pairs.items():
+        if stored and configured and stored != configured:
+            noun = "" if part == "module" else f" {part}"
+            raise ConfigError(
+                f"checkpoint {path} holds a {_short(stored)}{noun} but the config builds a {_short(configured)}"
+                f"{noun}: use the config the checkpoint was trained with"
+            )
+
+
+def _class_path(section: Any) -> str | None:
+    """The ``class_path`` of a config section, whether a dict (checkpoint) or a jsonargparse Namespace (config)."""
+    if isinstance(section, Mapping):
+        return section.get("class_path")
+    return getattr(section, "class_path", None)
+
+
+def _short(class_path: str) -> str:
+    return class_path.rsplit(".", 1)[-1]
 
 
 def check_state_fits(stored: Mapping[str, Tensor], expected: Mapping[str, Tensor], *, source: str) -> None:

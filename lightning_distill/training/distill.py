@@ -20,6 +20,7 @@ from lightning_distill.training.module import (
     check_same_family,
     check_teacher_comparisons,
     loss_log_names,
+    save_plain_hyperparameters,
 )
 from lightning_distill.training.outputs import ModelOutput, classify
 from lightning_distill.training.student import default_student_loss
@@ -67,7 +68,7 @@ class DistillModule(VideoClassifierModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler)
-        self.save_hyperparameters()
+        save_plain_hyperparameters(self)
         check_same_family(teacher_encoder, encoder, "the teacher encoder")
         check_blocks(teacher_encoder, teacher_sampler, "teacher")
         self.criterion = DistillLoss(default_student_loss() if loss is None else loss)

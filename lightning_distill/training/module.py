@@ -7,7 +7,9 @@ train/val/test/predict loops, the YouTube-8M metrics, logging, the divergence ch
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from torch import Tensor, nn
 
 from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.samplers import FrameSampler
-from lightning_distill.errors import ConfigError
+from lightning_distill.errors import ConfigError, DataError
 from lightning_distill.metrics import YT8MMetrics
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.heads import ClassifierHead
@@ -115,7 +117,18 @@ class VideoClassifierModule(L.LightningModule, ABC):
         """The encoder, head and sampler this module predicts with."""
         return InferenceNetwork(self.encoder, self.head, self.sampler)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The random state too (dropout), so a fit resumed from this checkpoint takes the steps it would have taken.
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_initialized():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states and self._trainer is not None and self._trainer.state.fn == "fit":
+            torch.set_rng_state(states["torch"])
+            if "cuda" in states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
         ckpt_path = self._trainer.ckpt_path if self._trainer is not None else None
         source = f"checkpoint {ckpt_path or ''}".strip()
         trained_for = (checkpoint.get("hyper_parameters") or {}).get("num_classes")
@@ -138,7 +151,7 @@ class VideoClassifierModule(L.LightningModule, ABC):
 
     def training_step(self, batch: VideoBatch, batch_idx: int) -> Tensor:
         losses = self.losses(self.model_step(batch), batch.labels)
-        self._raise_if_diverged(losses)
+        self._raise_if_diverged(losses, batch)
         # Logged per step only, so no cross-rank reduction (sync_dist) is needed.
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=len(batch))
         return losses["loss"]
@@ -158,6 +171,7 @@ class VideoClassifierModule(L.LightningModule, ABC):
     def predict_step(self, batch: VideoBatch, batch_idx: int) -> dict[str, Any]:
         """``{"video_ids": B ids, "probabilities": (B, C)}`` from the predicting role's view."""
         output = self(batch.views[self.predicting_role])
+        _raise_if_not_finite(output.probabilities, batch)
         return {"video_ids": list(batch.video_ids), "probabilities": output.probabilities}
 
     def configure_optimizers(self) -> Any:
@@ -171,19 +185,22 @@ class VideoClassifierModule(L.LightningModule, ABC):
     def _update_metrics(self, batch: VideoBatch, stage: str) -> None:
         outputs = self.model_step(batch)
         for role, metric in self.metrics[stage].items():
+            _raise_if_not_finite(outputs[role].probabilities, batch)
             metric.update(outputs[role].probabilities, batch.labels)
 
     def _log_metrics(self, stage: str) -> None:
         metrics = self.metrics[stage]
         for role, metric in metrics.items():
             prefix = f"{stage}/{role}/" if len(metrics) > 1 else f"{stage}/"
-            # compute() already gathers every rank's videos, so the values need no sync_dist.
-            self.log_dict({prefix + name: value.float() for name, value in metric.compute().items()})
+            # compute() already gathers every rank's videos, so every rank holds the same values; sync_dist
+            # averages those equal values (exact), for Lightning's sake.
+            self.log_dict({prefix + name: value.float() for name, value in metric.compute().items()}, sync_dist=True)
             metric.reset()
 
-    def _raise_if_diverged(self, losses: dict[str, Tensor]) -> None:
+    def _raise_if_diverged(self, losses: dict[str, Tensor], batch: VideoBatch) -> None:
         if bool(torch.isfinite(losses["loss"])):  # one device sync per step; the search below only on failure
             return
+        _raise_if_bad_features(batch, f"the batch of step {self.global_step}")
         # Deepest names first, so the message names the term that diverged, not a sum it poisoned.
         for name in sorted(losses, key=lambda n: -n.count("/")):
             value = float(losses[name])
@@ -193,6 +210,68 @@ class VideoClassifierModule(L.LightningModule, ABC):
                     f"loss term {term!r} (train/{name}) became {value} at step {self.global_step}: "
                     "lower its weight or the learning rate"
                 )
+
+
+def save_plain_hyperparameters(module: L.LightningModule) -> None:
+    """``module.save_hyperparameters()`` for the caller's constructor, keeping only plain data.
+
+    Built by LightningCLI (``vdistill``), a module's arguments arrive as their config (``class_path`` and
+    ``init_args`` dicts): all of it is kept, and the checkpoint rebuilds the module alone. Built in Python, the
+    arguments are objects (an encoder, a sampler): pickled into the checkpoint, they would make it loadable only by
+    the unrestricted unpickler, which vdistill refuses (``training/checkpoints.py``). Those are left out; such a
+    checkpoint's ``load_from_checkpoint`` takes them as keyword arguments.
+    """
+    with warnings.catch_warnings():
+        # Lightning advises ignoring nn.Module arguments: they are, just below.
+        warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+        module.save_hyperparameters(frame=inspect.currentframe().f_back)
+    module.remove_ignored_hparams([name for name, value in module.hparams.items() if not _is_plain(value)])
+
+
+def _is_plain(value: Any) -> bool:
+    """Whether ``value`` is made of what torch's restricted unpickler loads: numbers, strings, containers."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _is_plain(item) for key, item in value.items())
+    return False
+
+
+def _raise_if_not_finite(probabilities: Tensor, batch: VideoBatch) -> None:
+    """Raise a user error naming the videos whose predicted probabilities are NaN or infinite.
+
+    Bad features are bad data (``DataError``); finite features with non-finite predictions mean the weights are.
+    """
+    finite = torch.isfinite(probabilities).all(dim=1)
+    if bool(finite.all()):
+        return
+    _raise_if_bad_features(batch, "this batch")
+    ids = [video for video, ok in zip(batch.video_ids, finite.tolist()) if not ok]
+    raise ConfigError(
+        f"the model predicts NaN or infinite scores for videos {_some(ids)}, whose features are finite: its weights "
+        "are not finite (a diverged fit); use an earlier checkpoint"
+    )
+
+
+def _raise_if_bad_features(batch: VideoBatch, where: str) -> None:
+    """Raise ``DataError`` naming the videos of ``batch`` whose features hold NaN or infinite values, if any."""
+    bad: set[str] = set()
+    for view in batch.views.values():
+        rows = ~torch.isfinite(view.frames).flatten(1).all(dim=1)
+        bad.update(video for video, is_bad in zip(batch.video_ids, rows.tolist()) if is_bad)
+    if bad:
+        raise DataError(
+            f"videos {_some(sorted(bad))} in {where} have NaN or infinite features: the data is damaged, not the "
+            "model; convert it again (conversion refuses such values) or remove those videos"
+        )
+
+
+def _some(ids: list[str], shown: int = 5) -> str:
+    """``'a', 'b' and 3 more``."""
+    listed = ", ".join(repr(i) for i in ids[:shown])
+    return listed + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def loss_log_names(parts: dict[str, Tensor], role: str = "") -> dict[str, Tensor]:

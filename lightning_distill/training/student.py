@@ -16,7 +16,7 @@ from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, Unif
 from lightning_distill.errors import ConfigError
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.heads import ClassifierHead, LogisticHead
-from lightning_distill.training.checkpoints import read_checkpoint
+from lightning_distill.training.checkpoints import load_module, read_checkpoint
 from lightning_distill.training.losses import (
     ClassificationLoss,
     DistillLoss,
@@ -30,6 +30,7 @@ from lightning_distill.training.module import (
     check_same_family,
     check_teacher_comparisons,
     loss_log_names,
+    save_plain_hyperparameters,
 )
 from lightning_distill.training.outputs import ModelOutput
 from lightning_distill.training.teacher import TeacherModule
@@ -91,7 +92,7 @@ class StudentModule(VideoClassifierModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler)
-        self.save_hyperparameters()
+        save_plain_hyperparameters(self)
         self.criterion = DistillLoss(default_student_loss() if loss is None else loss)
         if self.criterion.needs_teacher and teacher_checkpoint is None:
             needing = ", ".join(name for name, term in self.criterion.terms.items() if term.needs_teacher)
@@ -145,6 +146,7 @@ class StudentModule(VideoClassifierModule):
         return loss_log_names(self.criterion(outputs["student"], outputs.get("teacher"), labels))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["state_dict"] = {
             key: value for key, value in checkpoint["state_dict"].items() if not key.startswith(TEACHER_PREFIX)
         }
@@ -161,8 +163,7 @@ class StudentModule(VideoClassifierModule):
     def _load_teacher(self, path: str) -> TeacherModule:
         if not Path(path).is_file():
             raise ConfigError(f"teacher checkpoint {path} does not exist: train a TeacherModule with `vdistill fit`")
-        # Trusted as much as any --ckpt_path: the user names it in their own config.
-        teacher = TeacherModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        teacher = load_module(TeacherModule, path)
         check_same_family(teacher.encoder, self.encoder, f"teacher checkpoint {path}")
         check_blocks(teacher.encoder, self.teacher_sampler, "teacher")
         _check_same_head(teacher.head, self.head, path)

@@ -14,7 +14,7 @@ from lightning_distill.data.samplers import AllFramesSampler, FrameSampler
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.heads import ClassifierHead, LogisticHead
 from lightning_distill.training.losses import ClassificationLoss, DistillLoss
-from lightning_distill.training.module import VideoClassifierModule, loss_log_names
+from lightning_distill.training.module import VideoClassifierModule, loss_log_names, save_plain_hyperparameters
 from lightning_distill.training.outputs import ModelOutput
 
 
@@ -48,7 +48,7 @@ class TeacherModule(VideoClassifierModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler)
-        self.save_hyperparameters()
+        save_plain_hyperparameters(self)
         self.criterion = DistillLoss({"ce": ClassificationLoss()})
 
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
