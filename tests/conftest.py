@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,13 @@ def synthetic_tfrecords(tmp_path_factory: pytest.TempPathFactory) -> Path:
         seed=0,
     )
     return root
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch):
+    """main(args) stands for the command line; pytest's own arguments must not look like a second one."""
+    monkeypatch.setattr(sys, "argv", ["vdistill"])
+    yield
+    # A CLI, its trainer and its model reference each other; collect them now, or paper-size models (GBs)
+    # pile up across tests.
+    gc.collect()

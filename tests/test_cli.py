@@ -3,97 +3,38 @@ user mistakes end in one readable line (exit code 2) rather than a traceback."""
 
 from __future__ import annotations
 
-import contextvars
 import gc
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 import torch
 import yaml
 from lightning.pytorch import LightningModule
 
+from cli_support import CONFIGS, data_args, in_own_context, run_error, run_ok, teacher_checkpoint
 from conftest import SYNTHETIC_CLASSES
 from test_checkpoints import payload_checkpoint
-from lightning_distill.cli.main import VDistillCLI, main
+from lightning_distill.cli.main import main
+from lightning_distill.cli.model_commands import VDistillCLI
 from lightning_distill.data.frame_store import FrameStore
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAPER = sorted(p.name for p in CONFIGS.glob("*.yaml"))
 TINY = sorted(p.name for p in (CONFIGS / "tiny").glob("*.yaml"))
 FAMILIES = ("hrnn", "netvlad", "nextvlad")
-T = TypeVar("T")
-
-
-@pytest.fixture(autouse=True)
-def _argv(monkeypatch):
-    """main(args) stands for the command line; pytest's own arguments must not look like a second one."""
-    monkeypatch.setattr(sys, "argv", ["vdistill"])
-    yield
-    # A CLI, its trainer and its model reference each other; collect them now, or paper-size models (GBs)
-    # pile up across tests.
-    gc.collect()
-
-
-def in_own_context(function: Callable[..., T], *args: Any) -> T:
-    """Call ``function`` in a copy of the current context.
-
-    jsonargparse keeps the last parser in a context variable, and through it the CLI with its trainer and model:
-    run in the test's own context, a paper-size model would stay alive into the next test.
-    """
-    return contextvars.copy_context().run(function, *args)
 
 
 def test_allocator_is_set_only_when_vdistill_runs_as_a_program(monkeypatch):
     calls = []
     monkeypatch.setattr("lightning_distill.cli.main.keep_freed_memory", lambda: calls.append("set") or True)
     with pytest.raises(SystemExit):
-        main(["--help"])  # from Python: the caller's process keeps its allocator
+        main(["inspect", "--help"])  # from Python: the caller's process keeps its allocator
     assert calls == []
-    monkeypatch.setattr(sys, "argv", ["vdistill", "--help"])
+    monkeypatch.setattr(sys, "argv", ["vdistill", "inspect", "--help"])
     with pytest.raises(SystemExit):
         main()  # the console script
     assert calls == ["set"]
-
-
-def data_args(root: Path, store_dir: Path) -> list[str]:
-    """Point a config's data section at the session's synthetic shards, with batches small enough for CPU."""
-    return [
-        f"--data.train_files={root}/train*.tfrecord",
-        f"--data.val_files={root}/validate*.tfrecord",
-        f"--data.test_files={root}/test*.tfrecord",
-        f"--data.store_dir={store_dir}",
-        f"--data.num_classes={SYNTHETIC_CLASSES}",
-        "--data.batch_size=4",
-        "--data.max_frames=40",
-        "--trainer.logger=false",
-    ]
-
-
-def run_ok(args: list[str]) -> None:
-    """Run ``vdistill`` and fail the test if it exits (the CLI exits only on errors or --help)."""
-    try:
-        in_own_context(main, args)
-    except SystemExit as exit_:
-        pytest.fail(f"vdistill {' '.join(args[:3])} exited with {exit_.code}")
-
-
-def run_error(args: list[str], capsys: pytest.CaptureFixture) -> str:
-    """Run ``vdistill`` expecting a user error: exit code 2, no traceback, one error line, which is returned.
-
-    Lightning's own progress lines may precede it on stderr; the error is the line starting with "error:".
-    """
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        in_own_context(main, args)
-    assert exit_.value.code == 2
-    stderr = capsys.readouterr().err
-    assert "Traceback" not in stderr
-    (message,) = [line for line in stderr.splitlines() if line.startswith("error:")]
-    return message
 
 
 def test_top_level_help_names_every_command(capsys):
@@ -129,17 +70,8 @@ def test_every_tiny_config_trains_one_batch(name, synthetic_tfrecords, tmp_path,
     monkeypatch.chdir(tmp_path)
     args = ["fit", f"--config={CONFIGS / 'tiny' / name}", *data_args(synthetic_tfrecords, tmp_path / "stores")]
     if name.startswith("student_"):
-        args.append(f"--model.init_args.teacher_checkpoint={_teacher_checkpoint(name, synthetic_tfrecords, tmp_path)}")
+        args.append(f"--model.init_args.teacher_checkpoint={teacher_checkpoint(name, synthetic_tfrecords, tmp_path)}")
     run_ok([*args, "--trainer.fast_dev_run=1"])
-
-
-def _teacher_checkpoint(student_config: str, root: Path, tmp_path: Path, folder: str = "tiny") -> Path:
-    """Train the matching teacher config for one step and return its last checkpoint."""
-    teacher = CONFIGS / folder / student_config.replace("student_", "teacher_")
-    run_ok(["fit", f"--config={teacher}", *data_args(root, tmp_path / "stores"), "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
-    (checkpoint,) = tmp_path.glob("runs/teacher_*/checkpoints/last.ckpt")
-    return checkpoint
 
 
 def validate_paper_size(config: Path, data: list[str], *extra: str) -> tuple[LightningModule, list[torch.Tensor]]:
@@ -211,12 +143,12 @@ def test_paper_student_configs_take_a_paper_teacher(family, synthetic_tfrecords,
 
 def test_fit_test_predict_profile_round_trip(synthetic_tfrecords, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    teacher = _teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
+    teacher = teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
     data = data_args(synthetic_tfrecords, tmp_path / "stores")
     student_config = f"--config={CONFIGS / 'tiny' / 'student_hrnn.yaml'}"
     run_ok(["fit", student_config, *data, f"--model.init_args.teacher_checkpoint={teacher}",
             "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"])
-    student = tmp_path / "runs/student_tiny_hrnn/checkpoints/last.ckpt"
+    student = tmp_path / "runs/student_tiny_hrnn/latest/checkpoints/last.ckpt"
     assert not any(k.startswith("teacher") for k in torch.load(student, weights_only=True)["state_dict"])
 
     # The student is tested and used without its teacher: the teacher's checkpoint is gone.
@@ -253,7 +185,7 @@ def test_missing_and_foreign_checkpoints_are_one_line(synthetic_tfrecords, tmp_p
     message = run_error(["test", teacher_config, *data, f"--ckpt_path={tmp_path}/corrupt.ckpt"], capsys)
     assert "corrupt.ckpt cannot be read" in message
 
-    teacher = _teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
+    teacher = teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
     parallel_config = f"--config={CONFIGS / 'tiny' / 'parallel_hrnn.yaml'}"
     message = run_error(["test", parallel_config, *data, f"--ckpt_path={teacher}"], capsys)
     assert "holds a TeacherModule but the config builds a DistillModule" in message
@@ -269,7 +201,7 @@ def test_payload_checkpoints_are_refused_on_every_path(synthetic_tfrecords, tmp_
     data = data_args(synthetic_tfrecords, tmp_path / "stores")
     marker = tmp_path / "payload_ran"
     evil = payload_checkpoint(tmp_path / "evil.ckpt", marker)
-    teacher = _teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
+    teacher = teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
     student_config = f"--config={CONFIGS / 'tiny' / 'student_hrnn.yaml'}"
     fit = ["fit", student_config, *data, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
            "--trainer.limit_val_batches=1"]
@@ -287,7 +219,7 @@ def test_a_checkpoint_of_another_encoder_is_refused_with_both_names(synthetic_tf
                                                                      capsys):
     monkeypatch.chdir(tmp_path)
     data = data_args(synthetic_tfrecords, tmp_path / "stores")
-    teacher = _teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
+    teacher = teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
     message = run_error(["test", f"--config={CONFIGS / 'tiny' / 'teacher_netvlad.yaml'}", *data,
                          f"--ckpt_path={teacher}"], capsys)
     assert f"checkpoint {teacher} holds a HRNN encoder but the config builds a NetVLAD encoder" in message
@@ -298,7 +230,7 @@ def test_runs_log_config_cost_and_metrics(synthetic_tfrecords, tmp_path, monkeyp
     data = [a for a in data_args(synthetic_tfrecords, tmp_path / "stores") if not a.startswith("--trainer.logger")]
     run_ok(["fit", f"--config={CONFIGS / 'tiny' / 'baseline_hrnn.yaml'}", *data, "--trainer.max_epochs=1",
             "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1",
-            "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}/logs"])
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--run_dir={tmp_path}/logs"])
     (hparams,) = tmp_path.glob("logs/**/hparams.yaml")
     logged = yaml.safe_load(hparams.read_text())
     assert "UniformSampler" in logged["config"] and "k: 6" in logged["config"]

@@ -285,30 +285,32 @@ def test_cell_configs_apply_the_cell_choices_and_keep_every_run_in_its_own_direc
     layout = ExperimentLayout(tmp_path)
     data = {"train_files": "/data/train*.tfrecord", "batch_size": 8}
     configs = {cell.name: (cell, cell_configs(cell, grid, layout, data)) for cell in expand_grid(grid)}
-    for name, (cell, runs) in configs.items():
-        assert runs[-1][0] == layout.config(name)
-        for path, config in runs:
-            run_dir = path.parent
-            # Parallel cells never share a checkpoint or log file, whatever the base config's paths.
+    for name, (cell, fits) in configs.items():
+        assert fits[-1].config_path == layout.config(name) and fits[-1].run_dir == layout.fit_dir(name)
+        # Every fit of every cell has a run directory of its own (vdistill puts its files there).
+        assert all(fit.run_dir.parent == layout.cell_dir(name) for fit in fits)
+        for fit in fits:
+            config = fit.config
             checkpoints = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
-            assert [c["init_args"]["dirpath"] for c in checkpoints] == [str(run_dir / "checkpoints")]
-            assert {logger["init_args"]["save_dir"] for logger in config["trainer"]["logger"]} == {str(run_dir)}
+            assert [(c["init_args"]["dirpath"], c["init_args"]["filename"]) for c in checkpoints] == [(None, "best")]
+            assert "run_name" not in config
+            assert all("save_dir" not in logger["init_args"] for logger in config["trainer"]["logger"])
             assert config["data"]["train_files"] == data["train_files"] and config["seed_everything"] == cell.seed
             base_encoder = load_yaml(cell.base_config)["model"]["init_args"]["encoder"]["init_args"]
             encoder = config["model"]["init_args"]["encoder"]["init_args"]
             assert encoder == ({**base_encoder, "block_length": 2} if cell.k == 6 else base_encoder)
 
-    last = configs["last-k6-s0"][1][0][1]["model"]["init_args"]
+    last = configs["last-k6-s0"][1][0].config["model"]["init_args"]
     assert last["sampler"] == {"class_path": "lightning_distill.data.samplers.LastSampler", "init_args": {"k": 6}}
     # L_rep alone: stage 1 matches the teacher's representation, stage 2 fine-tunes with L_CE from stage 1.
-    (stage1_path, stage1), (_, stage2) = configs["serial-rep-k6-s0"][1]
-    assert list(stage1["model"]["init_args"]["loss"]) == ["rep"]
-    assert stage1["model"]["init_args"]["teacher_checkpoint"] == str(layout.checkpoint("teacher-s0"))
-    assert list(stage2["model"]["init_args"]["loss"]) == ["ce"]
-    assert stage2["model"]["init_args"]["teacher_checkpoint"] is None
-    assert stage2["model"]["init_args"]["init_from"] == str(stage1_path.parent / "checkpoints" / "best.ckpt")
+    stage1, stage2 = configs["serial-rep-k6-s0"][1]
+    assert list(stage1.config["model"]["init_args"]["loss"]) == ["rep"]
+    assert stage1.config["model"]["init_args"]["teacher_checkpoint"] == str(layout.checkpoint("teacher-s0"))
+    assert list(stage2.config["model"]["init_args"]["loss"]) == ["ce"]
+    assert stage2.config["model"]["init_args"]["teacher_checkpoint"] is None
+    assert stage2.config["model"]["init_args"]["init_from"] == str(stage1.run_dir / "checkpoints" / "best.ckpt")
     # A smaller loss set drops the base's other terms; a term keeps its base settings apart from the weight.
-    parallel = configs["parallel-pred_ce-k6-s0"][1][0][1]["model"]["init_args"]
+    parallel = configs["parallel-pred_ce-k6-s0"][1][0].config["model"]["init_args"]
     base_pred = load_yaml(REPO / "configs" / "tiny" / "parallel_hrnn.yaml")["model"]["init_args"]["loss"]["pred"]
     assert list(parallel["loss"]) == ["pred", "ce"]
     assert parallel["loss"]["pred"]["init_args"] == {**base_pred["init_args"], "weight": 0.5}

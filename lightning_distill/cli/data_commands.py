@@ -1,7 +1,8 @@
 """``vdistill convert | synth | inspect``: data preparation commands (thin wrappers over the data package).
 
 These take no model or trainer, so they are plain jsonargparse commands (``--help``, ``--config``,
-``--print_config`` like every other vdistill command) rather than LightningCLI subcommands.
+``--print_config`` like every other vdistill command) rather than LightningCLI subcommands, and import neither
+torch nor Lightning.
 """
 
 from __future__ import annotations
@@ -145,5 +146,3 @@ def _verified(frames: FrameStore) -> str:
         )
     return f"all {len(frames):,} videos match"
 
-
-COMMANDS = {"convert": convert, "synth": synth, "inspect": inspect}

@@ -46,5 +46,3 @@ def _shown(path: Path) -> str:
     """``path`` relative to the working directory when inside it (how a person would type it), quoted."""
     return shlex.quote(str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path))
 
-
-COMMANDS = {"experiment": experiment}

@@ -14,7 +14,6 @@ from typing import Protocol, runtime_checkable
 import lightning as L
 import numpy as np
 import torch
-from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
 
 from lightning_distill.data.batch import VideoBatch
@@ -61,7 +60,8 @@ class YT8MDataModule(L.LightningDataModule):
             copies, and a teacher batch (about 48 MB) costs more to pass between processes than to read: 6x
             faster than 2 workers in ``benchmarks/loader.py``.
         max_frames: frames per video at most; the teacher view holds the batch's longest video up to this.
-        normalization: applied on the device to dequantised frames.
+        normalization: applied on the device to dequantised frames; default: ``FrameL2Normalization`` (the
+            YouTube-8M starter code's).
         val_fraction: share of the training videos held out for validation when ``val_files`` is not given
             (0 disables validation); the split is fixed by ``seed``.
         seed: seeds the training order and random frame draws (both change every epoch), the validation
@@ -83,7 +83,7 @@ class YT8MDataModule(L.LightningDataModule):
         num_workers: int = 0,
         reader_threads: int = 2,
         max_frames: int = MAX_FRAMES,
-        normalization: FeatureNormalizer = lazy_instance(FrameL2Normalization),
+        normalization: FeatureNormalizer | None = None,
         val_fraction: float = 0.05,
         seed: int = 0,
         verify_crc: bool = True,
@@ -100,7 +100,7 @@ class YT8MDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.reader_threads = reader_threads
         self.max_frames = max_frames
-        self.normalization = normalization
+        self.normalization = normalization or FrameL2Normalization()
         self.val_fraction = val_fraction
         self.seed = seed
         self.verify_crc = verify_crc

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import crc32c
 import numpy as np
-from lightning_distill.data import example_proto
 
-from lightning_distill.data.yt8m import AUDIO_DIM, DEQUANT_BIAS, DEQUANT_SCALE, FEATURE_DIM, RGB_DIM
+from lightning_distill.data import example_proto
+from lightning_distill.data.yt8m import DEQUANT_BIAS, DEQUANT_SCALE, FEATURE_DIM, RGB_DIM
 from lightning_distill.errors import DataError
 
 SPLITS = ("train", "validate", "test")

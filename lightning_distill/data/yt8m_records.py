@@ -34,8 +34,8 @@ from pathlib import Path
 import crc32c
 import numpy as np
 from google.protobuf.message import DecodeError
-from lightning_distill.data import example_proto
 
+from lightning_distill.data import example_proto
 from lightning_distill.data.records import VideoRecord
 from lightning_distill.data.yt8m import AUDIO_DIM, ID_KEYS, NUM_CLASSES, RGB_DIM
 from lightning_distill.errors import DataError

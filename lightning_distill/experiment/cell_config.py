@@ -7,6 +7,7 @@ file), so ``vdistill fit --config <cell>/config.yaml`` reruns the cell by hand.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from lightning_distill.experiment.grid import Cell, Grid
 from lightning_distill.experiment.layout import ExperimentLayout, checkpoint_path
 
 MODEL_CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
+CHECKPOINT_NAME = "best"
 SAMPLERS_MODULE = "lightning_distill.data.samplers"
 LOSS_CLASSES = {
     "rep": "lightning_distill.training.losses.RepresentationLoss",
@@ -53,38 +55,36 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def with_run_settings(
-    config: dict[str, Any], run_dir: Path, run_name: str, seed: int, grid: Grid
-) -> dict[str, Any]:
-    """``config`` with the grid's trainer settings, the seed, and where this run writes its files.
+def with_run_settings(config: dict[str, Any], run_name: str, seed: int, grid: Grid) -> dict[str, Any]:
+    """``config`` with the grid's trainer settings, the seed, and the logs every cell keeps.
 
-    Every run logs to a CSV file (per-epoch validation curves the report reads back) and an offline W&B run,
-    and its checkpoint callback writes into the run's own directory, so parallel runs never share a file.
+    Every run logs to a CSV file (per-epoch validation curves the report reads back) and an offline W&B run;
+    ``vdistill`` puts both, the config and the checkpoints into the run directory the runner gives it
+    (``--run_dir``), so parallel runs never share a file.
     """
     trainer = deep_merge(config.get("trainer") or {}, grid.trainer)
-    trainer["default_root_dir"] = str(run_dir)
     trainer["enable_checkpointing"] = True
     trainer["logger"] = [
-        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run_dir), "name": "csv"}},
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"name": "csv"}},
         {
             "class_path": "lightning.pytorch.loggers.WandbLogger",
-            "init_args": {"save_dir": str(run_dir), "project": "vdistill", "name": run_name, "offline": True},
+            "init_args": {"project": "vdistill", "name": run_name, "offline": True},
         },
     ]
-    trainer["callbacks"] = with_checkpoint(trainer.get("callbacks") or [], checkpoint_path(run_dir))
+    trainer["callbacks"] = with_checkpoint(trainer.get("callbacks") or [])
     return {**config, "seed_everything": seed, "trainer": trainer}
 
 
-def with_checkpoint(callbacks: list[Any], path: Path) -> list[Any]:
-    """``callbacks`` with exactly one ``ModelCheckpoint``, saving to ``path``.
+def with_checkpoint(callbacks: list[Any]) -> list[Any]:
+    """``callbacks`` with exactly one ``ModelCheckpoint``, saving ``best.ckpt`` into the run's checkpoints.
 
     The base config's first ``ModelCheckpoint`` is kept with its monitor (so the tested weights are the best
-    by validation, as a plain ``vdistill fit`` would keep) but redirected; further ones are dropped, since they
-    would write to paths shared by every cell. Without one, the latest weights are saved at ``path``.
+    by validation, as a plain ``vdistill fit`` would keep); further ones are dropped. Without one, the latest
+    weights are saved as ``best.ckpt``.
     """
     kept = [c for c in callbacks if not _is_model_checkpoint(c)]
     base = next((c for c in callbacks if _is_model_checkpoint(c)), {"class_path": MODEL_CHECKPOINT})
-    checkpoint = deep_merge(base, {"init_args": {"dirpath": str(path.parent), "filename": path.stem}})
+    checkpoint = deep_merge(base, {"init_args": {"dirpath": None, "filename": CHECKPOINT_NAME}})
     return [*kept, checkpoint]
 
 
@@ -92,11 +92,23 @@ def _is_model_checkpoint(callback: Any) -> bool:
     return isinstance(callback, dict) and str(callback.get("class_path", "")).split(".")[-1] == "ModelCheckpoint"
 
 
-def cell_configs(
-    cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[str, Any]
-) -> list[tuple[Path, dict[str, Any]]]:
-    """The fit config(s) of ``cell``, in order, each with the path it is saved at; the last is the cell's own
-    ``config.yaml``, whose checkpoint is tested. A two-stage student's first stage is saved under ``stage1/``.
+@dataclass(frozen=True)
+class FitRun:
+    """One ``vdistill fit`` of a cell.
+
+    Attributes:
+        config_path: where its config is saved (the cell's ``config.yaml`` for the final fit).
+        run_dir: its ``--run_dir``.
+        config: the config.
+    """
+
+    config_path: Path
+    run_dir: Path
+    config: dict[str, Any]
+
+
+def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[str, Any]) -> list[FitRun]:
+    """The fits of ``cell``, in order; the last is the cell's own (``config.yaml``), whose checkpoint is tested.
 
     Args:
         cell: the cell.
@@ -115,26 +127,30 @@ def cell_configs(
     if cell.k is not None:
         shared = deep_merge(shared, grid.k_overrides.get(cell.k, {}))
     config = deep_merge(base, shared)
+    config.pop("run_name", None)  # the runner names the run directory itself
     if cell.variant is not None:
         # Set, not merged: the base's other terms must not survive into a smaller loss set.
         init_args = config["model"]["init_args"]
         init_args["loss"] = loss_terms(cell.variant.losses, cell.variant.weights, init_args.get("loss") or {})
 
-    final_dir = layout.cell_dir(cell.name)
+    final = FitRun(
+        layout.config(cell.name), layout.fit_dir(cell.name), with_run_settings(config, cell.name, cell.seed, grid)
+    )
     if cell.variant is None or not cell.variant.two_stage:
-        return [(layout.config(cell.name), with_run_settings(config, final_dir, cell.name, cell.seed, grid))]
+        return [final]
     # The paper's L_rep-only recipe: the student first matches the teacher's representation (its head, a copy
     # of the teacher's, gets no gradient), then it and that head are fine-tuned with L_CE, teacher-free.
-    stage1_dir = final_dir / "stage1"
-    stage2 = copy.deepcopy(config)
+    stage1_dir = layout.cell_dir(cell.name) / "stage1"
+    stage2 = copy.deepcopy(final.config)
     stage2["model"]["init_args"].update(
         teacher_checkpoint=None,
         loss=loss_terms(["ce"], {}, config["model"]["init_args"]["loss"]),
         init_from=str(checkpoint_path(stage1_dir)),
     )
+    stage1 = with_run_settings(config, f"{cell.name}/stage1", cell.seed, grid)
     return [
-        (stage1_dir / "config.yaml", with_run_settings(config, stage1_dir, f"{cell.name}/stage1", cell.seed, grid)),
-        (layout.config(cell.name), with_run_settings(stage2, final_dir, cell.name, cell.seed, grid)),
+        FitRun(layout.cell_dir(cell.name) / "stage1.yaml", stage1_dir, stage1),
+        FitRun(final.config_path, final.run_dir, stage2),
     ]
 
 

@@ -3,8 +3,11 @@
     <output>/experiment.yaml                        the settings as run (rerun: --config it)
     <output>/data/                                 synthetic TFRecords (when the grid asks), stores/ beside them
     <output>/cells/<cell>/config.yaml              the cell's config: `vdistill fit --config` it to rerun the cell
-    <output>/cells/<cell>/checkpoints/best.ckpt    the tested weights
-    <output>/cells/<cell>/csv/version_0/metrics.csv  per-epoch metrics logged by fit (CSVLogger)
+    <output>/cells/<cell>/stage1.yaml              a two-stage student's first-stage config
+    <output>/cells/<cell>/fit/                     the fit's run directory (`--run_dir`), stage1/ for a first stage
+    <output>/cells/<cell>/fit/checkpoints/best.ckpt  the tested weights
+    <output>/cells/<cell>/fit/csv/version_0/metrics.csv  per-epoch metrics logged by fit (CSVLogger)
+    <output>/cells/<cell>/test/                    the test's run directory
     <output>/cells/<cell>/test_metrics.json        `vdistill test --metrics_json`
     <output>/cells/<cell>/log.txt                  the commands run and their output
     <output>/cells/<cell>/done.json                written last, atomically: the cell finished
@@ -44,17 +47,20 @@ class ExperimentLayout:
     def config(self, cell: str) -> Path:
         return self.cell_dir(cell) / "config.yaml"
 
+    def fit_dir(self, cell: str) -> Path:
+        """The run directory of the cell's (final) fit."""
+        return self.cell_dir(cell) / "fit"
+
+    def test_dir(self, cell: str) -> Path:
+        return self.cell_dir(cell) / "test"
+
     def checkpoint(self, cell: str) -> Path:
         """The weights the cell is tested with."""
-        return checkpoint_path(self.cell_dir(cell))
-
-    def csv_dir(self, cell: str) -> Path:
-        return self.cell_dir(cell) / "csv"
+        return checkpoint_path(self.fit_dir(cell))
 
     def curves(self, cell: str) -> Path:
-        """The fit's CSV log: version_0, since a cell's directory starts empty and fit is its first run (test
-        logs to version_1)."""
-        return self.csv_dir(cell) / "version_0" / "metrics.csv"
+        """The fit's CSV log (a fresh run directory, so its first and only version)."""
+        return self.fit_dir(cell) / "csv" / "version_0" / "metrics.csv"
 
     def test_metrics(self, cell: str) -> Path:
         return self.cell_dir(cell) / "test_metrics.json"

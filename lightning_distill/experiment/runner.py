@@ -28,7 +28,7 @@ from rich.markdown import Markdown
 
 from lightning_distill.data.synthetic import generate
 from lightning_distill.errors import ConfigError, VDistillError
-from lightning_distill.experiment.cell_config import cell_configs, dump_yaml
+from lightning_distill.experiment.cell_config import FitRun, cell_configs, dump_yaml
 from lightning_distill.experiment.grid import TEACHER_METHOD, Cell, Grid, expand_grid
 from lightning_distill.atomic_files import write_json_atomic
 from lightning_distill.experiment.layout import ExperimentLayout, read_json
@@ -54,12 +54,12 @@ class CellRun:
 
     Attributes:
         cell: the grid cell.
-        configs: the fit configs in order (the last is the cell's ``config.yaml``, whose checkpoint is tested).
+        fits: the fits in order (the last is the cell's ``config.yaml``, whose checkpoint is tested).
         fingerprint: hash of the configs (and the teacher's fingerprint), recorded in ``done.json``.
     """
 
     cell: Cell
-    configs: list[Path]
+    fits: list[FitRun]
     fingerprint: str
 
 
@@ -154,18 +154,18 @@ def write_cell_configs(cells: list[Cell], grid: Grid, layout: ExperimentLayout, 
     runs: dict[str, CellRun] = {}
     synthetic = json.dumps(grid.synthetic, sort_keys=True)
     for cell in cells:
-        configs = cell_configs(cell, grid, layout, data)
-        texts = [dump_yaml(config) for _, config in configs]
+        fits = cell_configs(cell, grid, layout, data)
+        texts = [dump_yaml(fit.config) for fit in fits]
         teacher = runs[cell.teacher].fingerprint if cell.teacher else ""
         fingerprint = hashlib.sha256("\n".join([*texts, teacher, synthetic]).encode()).hexdigest()
-        run = CellRun(cell, [path for path, _ in configs], fingerprint)
+        run = CellRun(cell, fits, fingerprint)
         runs[cell.name] = run
         if is_finished(run, layout):
             continue
         shutil.rmtree(layout.cell_dir(cell.name), ignore_errors=True)
-        for path, text in zip(run.configs, texts):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+        for fit, text in zip(fits, texts):
+            fit.config_path.parent.mkdir(parents=True, exist_ok=True)
+            fit.config_path.write_text(text)
     return list(runs.values())
 
 
@@ -178,12 +178,13 @@ def is_finished(run: CellRun, layout: ExperimentLayout) -> bool:
 def cell_commands(run: CellRun, layout: ExperimentLayout) -> list[list[str]]:
     """The ``vdistill`` arguments that train and test the cell, in order."""
     name = run.cell.name
-    fits = [["fit", "--config", str(path)] for path in run.configs]
+    fits = [["fit", "--config", str(fit.config_path), "--run_dir", str(fit.run_dir)] for fit in run.fits]
     test = [
         "test",
         "--config", str(layout.config(name)),
         "--ckpt_path", str(layout.checkpoint(name)),
         "--metrics_json", str(layout.test_metrics(name)),
+        "--run_dir", str(layout.test_dir(name)),
     ]  # fmt: skip
     return [*fits, test]
 
@@ -274,8 +275,9 @@ def profile_costs(
         if not path.is_file() or read_json(path).get("fingerprint") != run.fingerprint:
             frames = [] if cell.k is None else ["--frames", str(cell.k)]
             tmp = path.with_name(f".{path.name}.tmp")
-            args = ["profile", "--config", str(run.configs[-1]), *frames, "--output", str(tmp)]
-            args += ["--trainer.logger", "false", *slot.flags]
+            args = ["profile", "--config", str(run.fits[-1].config_path), *frames, "--output", str(tmp)]
+            args += ["--trainer.logger", "false", "--run_dir", str(path.with_suffix("")), "--overwrite", "true"]
+            args += slot.flags
             process = subprocess.run([*VDISTILL, *args], env={**os.environ, **slot.env}, capture_output=True, text=True)
             if process.returncode != 0 or not tmp.is_file():
                 failure = f"[red]profile of {key} failed[/red]: {shown_command(args, slot)}\n{process.stderr[-2000:]}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
@@ -44,8 +43,8 @@ class DistillModule(VideoClassifierModule):
         encoder: the student's encoder.
         teacher_encoder: the teacher's encoder, same family and sizes (H-RNN's block length may differ).
         num_classes: C, linked from the data module.
-        sampler: the student's frames.
-        teacher_sampler: the teacher's frames.
+        sampler: the student's frames; default: ``UniformSampler(k=30)``.
+        teacher_sampler: the teacher's frames; default: ``AllFramesSampler``.
         loss: the student's terms, name -> ``LossTerm``; None gives L_rep + L_pred + L_CE with weights 1.
         head: builds the shared classifier as ``head(encoder.output_dim, num_classes)``.
         optimizer: builds one optimiser over both encoders and the head.
@@ -60,14 +59,15 @@ class DistillModule(VideoClassifierModule):
         encoder: VideoEncoder,
         teacher_encoder: VideoEncoder,
         num_classes: int,
-        sampler: FrameSampler = lazy_instance(UniformSampler, k=30),
-        teacher_sampler: FrameSampler = lazy_instance(AllFramesSampler),
+        sampler: FrameSampler | None = None,
+        teacher_sampler: FrameSampler | None = None,
         loss: dict[str, LossTerm] | None = None,
         head: Callable[[int, int], ClassifierHead] = LogisticHead,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler)
+        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30))
+        teacher_sampler = teacher_sampler or AllFramesSampler()
         save_plain_hyperparameters(self)
         check_same_family(teacher_encoder, encoder, "the teacher encoder")
         check_blocks(teacher_encoder, teacher_sampler, "teacher")

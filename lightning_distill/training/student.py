@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
@@ -64,11 +63,11 @@ class StudentModule(VideoClassifierModule):
         encoder: the student's encoder.
         teacher_checkpoint: a ``TeacherModule`` checkpoint; needed when a loss term compares with the teacher.
         num_classes: C, linked from the data module.
-        sampler: the student's frames.
+        sampler: the student's frames; default: ``UniformSampler(k=30)``.
         loss: term name -> ``LossTerm``; None gives L_rep + L_pred + L_CE with weights 1.
         init_from: a ``StudentModule`` checkpoint whose encoder and head weights start this fit (stage 2 of the
             L_rep recipe); otherwise the head starts from the teacher's and the encoder from scratch.
-        teacher_sampler: the teacher's frames.
+        teacher_sampler: the teacher's frames; default: ``AllFramesSampler``.
         head: builds the classifier as ``head(encoder.output_dim, num_classes)``; must build the teacher's kind
             of head, whose weights it starts from.
         optimizer: builds the optimiser from the student's parameters.
@@ -83,15 +82,16 @@ class StudentModule(VideoClassifierModule):
         encoder: VideoEncoder,
         teacher_checkpoint: str | None,
         num_classes: int,
-        sampler: FrameSampler = lazy_instance(UniformSampler, k=30),
+        sampler: FrameSampler | None = None,
         loss: dict[str, LossTerm] | None = None,
         init_from: str | None = None,
-        teacher_sampler: FrameSampler = lazy_instance(AllFramesSampler),
+        teacher_sampler: FrameSampler | None = None,
         head: Callable[[int, int], ClassifierHead] = LogisticHead,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler)
+        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30))
+        teacher_sampler = teacher_sampler or AllFramesSampler()
         save_plain_hyperparameters(self)
         self.criterion = DistillLoss(default_student_loss() if loss is None else loss)
         if self.criterion.needs_teacher and teacher_checkpoint is None:

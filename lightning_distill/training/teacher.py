@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
@@ -28,7 +27,7 @@ class TeacherModule(VideoClassifierModule):
     Args:
         encoder: frames -> video representation.
         num_classes: C, linked from the data module.
-        sampler: the frames the model sees.
+        sampler: the frames the model sees; default: ``AllFramesSampler`` (the teacher).
         head: builds the classifier as ``head(encoder.output_dim, num_classes)``, e.g. ``MoEHead`` with
             ``init_args: {num_mixtures: 2}``.
         optimizer: builds the optimiser from the parameters.
@@ -42,12 +41,12 @@ class TeacherModule(VideoClassifierModule):
         self,
         encoder: VideoEncoder,
         num_classes: int,
-        sampler: FrameSampler = lazy_instance(AllFramesSampler),
+        sampler: FrameSampler | None = None,
         head: Callable[[int, int], ClassifierHead] = LogisticHead,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler)
+        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler or AllFramesSampler())
         save_plain_hyperparameters(self)
         self.criterion = DistillLoss({"ce": ClassificationLoss()})
 

@@ -1,0 +1,178 @@
+"""``vdistill fit | validate | test | predict | profile``: LightningCLI, wired for vdistill.
+
+The data module's class count feeds the model; every command writes into a run directory of its own
+(``cli/run_directory.py``) and ends by saying what it wrote where (``cli/outputs.py``); ``test`` prints its
+metrics once and writes them as JSON; ``predict`` writes the Kaggle file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from lightning_distill.cli.outputs import fit_outputs, print_summary, write_into
+from lightning_distill.cli.run_directory import RUN_DIR_ENV, choose_run_directory, default_run_name, link_latest
+from lightning_distill.cli.trainer import VDistillTrainer
+from lightning_distill.data.datamodule import YT8MDataModule
+from lightning_distill.evaluation.cost_callback import CostProfileLogger
+from lightning_distill.evaluation.predictions import KagglePredictionWriter
+from lightning_distill.evaluation.report import print_metrics, write_metrics_json
+from lightning_distill.training.checkpoints import check_checkpoint
+from lightning_distill.training.module import VideoClassifierModule
+
+# Offline by default: no network is assumed; `wandb sync <run dir>/wandb/offline-run-*` uploads later. Its
+# save_dir is the run directory (cli/outputs.write_into).
+DEFAULT_LOGGER = {
+    "class_path": "lightning.pytorch.loggers.WandbLogger",
+    "init_args": {"project": "vdistill", "offline": True},
+}
+
+# The metric prefix each evaluating command logs under.
+STAGES = {"validate": "val", "test": "test"}
+
+
+class LoggedConfig(SaveConfigCallback):
+    """Saves the resolved config as ``<run dir>/config.yaml`` and logs it to the logger, so a W&B run shows the
+    exact data, model and trainer settings it was trained with. (LightningCLI's default writes to the logger's
+    directory, which for W&B was ``runs/``, shared by every run.)"""
+
+    def __init__(self, parser: LightningArgumentParser, config: Namespace, **kwargs: Any) -> None:
+        super().__init__(parser, config, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        path = Path(trainer.default_root_dir) / self.config_filename
+        self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
+        if trainer.logger is not None:
+            trainer.logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False)})
+
+
+class VDistillCLI(LightningCLI):
+    """LightningCLI wired for vdistill: the data module's class count feeds the model, and ``profile`` and
+    ``test`` print readable reports."""
+
+    def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
+        super().__init__(
+            model_class=VideoClassifierModule,
+            subclass_mode_model=True,
+            datamodule_class=YT8MDataModule,
+            trainer_class=VDistillTrainer,
+            trainer_defaults={"logger": DEFAULT_LOGGER, "callbacks": [CostProfileLogger()]},
+            save_config_callback=LoggedConfig,
+            parser_kwargs={"description": "vdistill model commands (`vdistill --help` lists every command)."},
+            args=args,
+            **kwargs,
+        )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "profile": {"model", "datamodule"}}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="runs/<run_name>/<command>_<n> holds this command's files (default: role, family and k, e.g. "
+            "student_hrnn_k6).",
+        )
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="write this command's files (config, checkpoints, logs, metrics, predictions) here instead.",
+        )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="allow --run_dir to be a directory that already holds another run's files.",
+        )
+        parser.add_argument(
+            "--metrics_json",
+            type=str | None,
+            default=None,
+            help="validate/test: where to write the metrics as JSON (default: <run dir>/<stage>_metrics.json).",
+        )
+        parser.add_argument(
+            "--predictions",
+            type=str | None,
+            default=None,
+            help="predict: write the Kaggle file (VideoId,LabelConfidencePairs, top 20) here, streamed per batch "
+            "(default: <run dir>/predictions.csv).",
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI rebuilds the model from the checkpoint's hyper-parameters; check the file first so a
+        # missing, corrupt or foreign checkpoint is one clear line rather than a deep torch traceback.
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            ckpt_path = self.config[subcommand].get("ckpt_path")
+            if ckpt_path:
+                check_checkpoint(ckpt_path, self.config[subcommand].get("model"))
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        """Direct every file the command writes into its run directory (``cli/run_directory.py``)."""
+        # Built with run=False (from Python) there is no subcommand; the caller usually fits next.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        self.run_dir = choose_run_directory(
+            self.subcommand or "fit",
+            run_name=config.run_name or default_run_name(config.model),
+            run_dir=config.run_dir,
+            overwrite=config.overwrite,
+            ckpt_path=config.get("ckpt_path"),
+            rank_zero=rank_zero_only.rank == 0,
+        )
+        write_into(config, self.run_dir)
+        if self.subcommand:
+            # For the ranks Lightning launches (they rerun this command line): this run, not a new one. main()
+            # takes it back when the command ends.
+            os.environ[RUN_DIR_ENV] = str(self.run_dir.resolve())
+        if self.subcommand in ("validate", "test"):
+            config.verbose = False  # our table (``_report``) shows the metrics once, with fewer digits
+            config.metrics_json = config.metrics_json or str(self.run_dir / f"{STAGES[self.subcommand]}_metrics.json")
+        if self.subcommand == "predict":
+            config.predictions = config.predictions or str(self.run_dir / "predictions.csv")
+
+    def before_predict(self) -> None:
+        self.trainer.callbacks.append(KagglePredictionWriter(self._get(self.config, "predictions")))
+        # The file holds the predictions; keeping every batch's (B, C) scores in memory too would not scale.
+        self.config_init[self.subcommand]["return_predictions"] = False
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            link_latest(self.run_dir)
+            print_summary("fit", fit_outputs(self.trainer, self.run_dir))
+
+    def after_validate(self) -> None:
+        self._report("validate")
+
+    def after_test(self) -> None:
+        self._report("test")
+
+    def after_predict(self) -> None:
+        if self.trainer.is_global_zero:
+            print_summary("predict", {"predictions": self._get(self.config, "predictions"), "run": self.run_dir})
+
+    def _report(self, command: str) -> None:
+        stage = STAGES[command]
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+        if not self.trainer.is_global_zero or not metrics:
+            return
+        print_metrics(metrics, title=f"{stage} metrics")
+        path = write_metrics_json(metrics, self._get(self.config, "metrics_json"), logger=self.trainer.logger)
+        print_summary(command, {"metrics": path, "run": self.run_dir})
+
+
+def run(args: Sequence[str] | None) -> None:
+    """Run one model command (``args`` as after ``vdistill``; None reads ``sys.argv``)."""
+    # LightningCLI reads sys.argv itself and warns if given both.
+    VDistillCLI(args=args)

@@ -1,0 +1,75 @@
+"""What a model command writes, and where: every output pointed into the run directory, and a closing summary.
+
+Kept apart from ``main`` so the rules are in one place: LightningCLI's parsed config is edited before anything
+is built (``write_into``), and each command ends by listing the files it wrote (``print_summary``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
+from rich.console import Console
+
+
+def write_into(config: Namespace, run: Path) -> None:
+    """Point the subcommand's trainer, loggers and checkpoint callbacks at ``run``.
+
+    Loggers (W&B, CSV, TensorBoard) save there, W&B naming the run after its directory; a ``ModelCheckpoint``
+    without a ``dirpath`` saves into ``run/checkpoints``. An explicit ``dirpath`` is the user's choice and is kept
+    (with Lightning's version counter: an existing ``best.ckpt`` there is kept and ``best-v1.ckpt`` written).
+    """
+    trainer = config.trainer
+    trainer.default_root_dir = str(run)
+    loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+    for logger in loggers:
+        init_args = getattr(logger, "init_args", None)
+        if init_args is None:
+            continue  # logger: false / true
+        if "save_dir" in init_args:
+            init_args.save_dir = str(run)
+        if str(logger.class_path).endswith("WandbLogger") and init_args.get("name") is None:
+            init_args.name = f"{run.parent.name}/{run.name}"
+    for callback in trainer.callbacks or []:
+        if isinstance(callback, Namespace) and str(callback.class_path).endswith("ModelCheckpoint"):
+            if callback.init_args.get("dirpath") is None:
+                callback.init_args.dirpath = str(run / "checkpoints")
+                # The directory is this run's: a name already there is this run's own (a resumed fit) or one
+                # the user asked to replace (--overwrite), never another run's to keep as best-v1.ckpt.
+                callback.init_args.enable_version_counter = False
+
+
+def fit_outputs(trainer: Trainer, run: Path) -> dict[str, Any]:
+    """What a finished fit left: its run directory, best and last checkpoints (with the best score) and logs."""
+    rows: dict[str, Any] = {"run": run}
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint):
+            continue
+        if callback.best_model_path and callback.monitor and callback.best_model_score is not None:
+            rows.setdefault(
+                "best checkpoint",
+                f"{callback.best_model_path} ({callback.monitor} {float(callback.best_model_score):.4f})",
+            )
+        elif callback.best_model_path:
+            rows.setdefault("checkpoint", callback.best_model_path)
+        if callback.last_model_path:
+            rows.setdefault("last checkpoint", callback.last_model_path)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            rows["W&B run"] = Path(logger.experiment.dir).parent
+        elif logger.log_dir:
+            rows[f"{type(logger).__name__} logs"] = logger.log_dir
+    return rows
+
+
+def print_summary(command: str, rows: Mapping[str, Any]) -> None:
+    """``vdistill <command> done`` and one aligned line per output, paths as given."""
+    width = max(map(len, rows), default=0)
+    lines = [f"[bold green]vdistill {command}[/bold green] done"]
+    lines += [f"  {name.ljust(width)}  {value}" for name, value in rows.items()]
+    Console().print("\n".join(lines), highlight=False, soft_wrap=True)
