@@ -2,11 +2,13 @@
 
 Frame stores, teacher-target caches and small JSON markers are all written this way, so a reader (another rank,
 a rerun, a crashed run's successor) never sees a partial file. Temporaries are named ``.<name>.tmp-<random>``;
-whoever holds the lock of an output may delete any left by a killed run (``remove_stale_temporaries``).
+whoever holds the output's lock (``exclusive``) may delete any left by a killed run
+(``remove_stale_temporaries``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
@@ -46,6 +48,32 @@ def replacing(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[int]:
+    """Hold an exclusive lock on ``<path>.lock`` (blocking until other writers of ``path`` finish); yields the lock
+    file's descriptor.
+
+    The lock file stays: deleting it would let a waiting process lock a file a newcomer no longer sees. The holder
+    writes its pid into it, so a process that has to wait can say for whom. The lock is released when every
+    descriptor of it is closed, including copies in forked children: close those (see ``data/convert.py``).
+    """
+    with open(path.with_name(path.name + ".lock"), "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            print(f"waiting for another process ({holder}) writing {path} to finish", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield lock.fileno()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def temporary_prefix(path: Path) -> str:

@@ -1,5 +1,6 @@
-"""Multi-process DDP (2 CPU processes, gloo) through fit, test and predict, as ``vdistill`` runs it: the metrics
-of a DDP test equal a single process's on the same checkpoint, with a test set the ranks cannot split evenly."""
+"""Multi-process DDP (2 CPU processes, gloo) through fit, test and predict, as ``vdistill`` runs it (a Serial
+student from cached teacher targets included): the metrics of a DDP test equal a single process's on the same
+checkpoint, with a test set the ranks cannot split evenly."""
 
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def test_ddp_fit_test_and_predict_match_a_single_process(synthetic_tfrecords, tm
     vdistill(tmp_path, "fit", student_config, *data, *FIT, *DDP, "--run_dir=student",
              f"--model.init_args.teacher_checkpoint={teacher}")
     student = tmp_path / "student" / "checkpoints" / "best.ckpt"
+    # The Serial student trained from the teacher's cached targets, built once (rank 0) under the cache's lock.
+    assert len(list((tmp_path / "stores").glob("train.targets-*.h5"))) == 1
     single = metrics_of(tmp_path, student_config, data, student, ddp=False)
     ddp = metrics_of(tmp_path, student_config, data, student, ddp=True)
     assert ddp == pytest.approx(single, abs=1e-6)

@@ -404,8 +404,6 @@ def test_parallel_logs_both_models():
 class Diverging(LossTerm):
     """A term whose value is infinite, as a far too large weight or learning rate would make it."""
 
-    needs_teacher = False
-
     def forward(self, student, teacher, labels):
         return student.probabilities.sum() * float("inf")
 

@@ -38,12 +38,17 @@ class VideoBatch:
         labels: (B, C) float32 multi-hot ground truth (all zero for unlabelled splits).
         lengths: (B,) long, each video's true frame count, capped at ``max_frames``.
         views: view name ("teacher", "student") -> ``FrameView``.
+        indices: (B,) long, the videos' indices in their frame store.
+        targets: a frozen teacher's cached outputs for these videos (``data/target_cache.py``):
+            ``{"representation": (B, E), "probabilities": (B, C)}`` float32, or None.
     """
 
     video_ids: list[str]
     labels: Tensor
     lengths: Tensor
     views: dict[str, FrameView] = field(default_factory=dict)
+    indices: Tensor | None = None
+    targets: dict[str, Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.video_ids)

@@ -1,7 +1,7 @@
 """Convert YouTube-8M TFRecord shards into one HDF5 frame store, atomically, idempotently and in parallel.
 
-Conversion runs under an exclusive lock on ``<output>.lock`` (``fcntl.flock``), so several processes asked for
-the same store (``prepare_data`` on several nodes sharing a file system) convert it once: the others wait,
+Conversion runs under an exclusive lock on ``<output>.lock`` (``atomic_files.exclusive``), so several processes
+asked for the same store (``prepare_data`` on several nodes sharing a file system) convert it once: the others wait,
 then find it up to date. The store records a manifest of its sources (resolved paths, sizes, modification
 times) and options; a rerun whose manifest matches returns at once, any change rebuilds the store.
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import fcntl
 import glob
 import json
 import multiprocessing
@@ -43,7 +42,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -52,7 +51,7 @@ from typing import Any, TypeVar
 import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from lightning_distill.atomic_files import remove_stale_temporaries
+from lightning_distill.atomic_files import exclusive, remove_stale_temporaries
 from lightning_distill.data.frame_store import FORMAT, FrameSlots, FrameStore, VideoTable, building_frame_store
 from lightning_distill.data.yt8m import MAX_FRAMES
 from lightning_distill.data.yt8m_records import ShardIndex, SourceFormat, index_shard, shard_frames, sniff_format
@@ -113,7 +112,7 @@ def convert(
     options = {"verify_crc": verify_crc, "max_frames": max_frames, "num_classes": num_classes}
     manifest = {"sources": [_describe(shard) for shard in shards], "options": options}
     _make_directory(output.parent)
-    with _exclusive(output) as lock:
+    with exclusive(output) as lock:
         remove_stale_temporaries(output)
         if output.exists():
             previous = _up_to_date_store(output, manifest)
@@ -167,31 +166,6 @@ def _make_directory(directory: Path) -> None:
 def _describe(shard: Path) -> dict[str, Any]:
     stat = shard.stat()
     return {"path": str(shard), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-@contextmanager
-def _exclusive(output: Path) -> Iterator[int]:
-    """Hold an exclusive lock on ``<output>.lock`` (blocking until other converters of ``output`` finish); yields
-    the lock file's descriptor.
-
-    The lock file stays: deleting it would let a waiting process lock a file a newcomer no longer sees. The holder
-    writes its pid into it, so a process that has to wait can say for whom.
-    """
-    with open(output.with_name(output.name + ".lock"), "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "unknown"
-            print(f"waiting for another conversion of {output} (process {holder}) to finish", file=sys.stderr)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
-        try:
-            yield lock.fileno()
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _up_to_date_store(output: Path, manifest: dict[str, Any]) -> FrameStore | None:

@@ -8,20 +8,25 @@ a teacher needs all frames, a student its k, distillation both, read from disk o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_distill.data.batch import VideoBatch
+from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.convert import convert, resolve_inputs
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.loading import ThreadedDataLoader, VideoBatchDataset, VideoBatchSampler
 from lightning_distill.data.normalization import FeatureNormalizer, FrameL2Normalization
 from lightning_distill.data.samplers import FrameSampler
+from lightning_distill.data.target_cache import TargetCache, build_target_cache, cache_key
 from lightning_distill.data.yt8m import DEQUANT_BIAS, DEQUANT_SCALE, MAX_FRAMES
 from lightning_distill.data.yt8m_records import detect_format
 from lightning_distill.errors import ConfigError, DataError
@@ -110,6 +115,7 @@ class YT8MDataModule(L.LightningDataModule):
         self._configured_classes = num_classes  # what conversion is told: None lets it detect the source version
         self._stores: dict[str, FrameStore] = {}
         self._videos: dict[str, np.ndarray] = {}
+        self._targets: TargetCache | None = None
 
     @property
     def num_classes(self) -> int:
@@ -179,16 +185,74 @@ class YT8MDataModule(L.LightningDataModule):
             view.frames = self.normalization(frames, view.mask)
         return batch
 
+    def teacher_targets(
+        self,
+        teacher: Callable[[FrameView], dict[str, Tensor]],
+        *,
+        checkpoint: str,
+        sampler: FrameSampler,
+        device: torch.device,
+        precision: str = "32-true",
+        context: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> tuple[TargetCache, bool]:
+        """Give training batches the teacher's outputs for their videos (``VideoBatch.targets``), computed once.
+
+        The outputs are read from the cache beside the train store (``data/target_cache.py``), built first if
+        this teacher, store and view have none: one pass over the store, in store order, on ``device``.
+
+        Args:
+            teacher: a view (dequantised and normalised, on ``device``) -> ``{"representation": (B, E),
+                "probabilities": (B, C)}``.
+            checkpoint: the teacher's checkpoint file (its bytes are part of the cache's key).
+            sampler: the teacher's frames.
+            device: where the teacher runs.
+            precision: the trainer's precision setting (part of the cache's key).
+            context: entered around each teacher call: the precision's autocast context, so the targets are what
+                the teacher computes while training.
+
+        Returns:
+            The cache, and whether this call built it.
+        """
+        if "train" not in self._stores:
+            self.setup("fit")
+        path = self.store_path("train")
+        view = {"sampler": repr(sampler), "normalization": repr(self.normalization), "max_frames": self.max_frames,
+                "precision": precision}
+        key = cache_key(checkpoint, self._stores["train"], view)
+
+        def batches() -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+            store = self._stores["train"]
+            loader = self._make_loader(store, np.arange(len(store)), {"teacher": sampler}, shuffle=False, ranks={})
+            for batch in loader:
+                batch = self.on_after_batch_transfer(move_data_to_device(batch, device), 0)
+                with torch.no_grad(), context():
+                    outputs = teacher(batch.views["teacher"])
+                yield batch.indices.numpy(), {name: value.float().cpu().numpy() for name, value in outputs.items()}
+
+        self._targets, built = build_target_cache(path, key, batches, teacher=str(checkpoint))
+        return self._targets, built
+
     def _loader(self, split: str, stage: str, shuffle: bool) -> DataLoader:
         if split not in self._videos:
             self.setup(stage)
         if split not in self._videos:
             raise ConfigError(f"no {split} data: set data.{split}_files to TFRecords or a frame store")
-        videos = self._videos[split]
         # The sampler shares batches between ranks itself (see data/loading.py); a rank may get none to evaluate.
         ranks = {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank} if self.trainer else {}
+        targets = self._targets if split == "train" and stage == "fit" else None
+        return self._make_loader(self._stores[split], self._videos[split], self._views(stage), shuffle, ranks, targets)
+
+    def _make_loader(
+        self,
+        store: FrameStore,
+        videos: np.ndarray,
+        views: dict[str, FrameSampler],
+        shuffle: bool,
+        ranks: dict[str, int],
+        targets: TargetCache | None = None,
+    ) -> ThreadedDataLoader:
         return ThreadedDataLoader(
-            VideoBatchDataset(self._stores[split], videos, self._views(stage), self.max_frames),
+            VideoBatchDataset(store, videos, views, self.max_frames, targets),
             reader_threads=self.reader_threads,
             # Batches come whole from the sampler: batch_size=None turns off per-sample collation.
             sampler=VideoBatchSampler(len(videos), self.batch_size, shuffle=shuffle, seed=self.seed, **ranks),

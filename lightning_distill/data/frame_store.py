@@ -41,6 +41,7 @@ development machine, 20-25% of a single-worker ``convert`` of page-cached shards
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -180,6 +181,17 @@ class FrameStore:
         out = reader.gather(rows.ravel()).reshape(*frames.shape, FEATURE_DIM)
         out[padding] = 0
         return out
+
+    def fingerprint(self) -> str:
+        """A hash of the store's content: its videos' frame counts and checksums (format 2), else its file's
+        size, modification time and manifest (format 1). Equal fingerprints mean equal frames."""
+        digest = hashlib.sha256(self._offsets.tobytes())
+        if self.checksums is not None:
+            digest.update(self.checksums.tobytes())
+        else:
+            stat = self.path.stat()
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}:{json.dumps(self.manifest, sort_keys=True)}".encode())
+        return digest.hexdigest()
 
     def verify(self, progress: Callable[[int], None] | None = None) -> list[int]:
         """Check every video's frames against its stored CRC32C; returns the indices of the videos that differ.
@@ -379,8 +391,8 @@ def building_frame_store(
             )
             # Allocated now (not on first write) so their file offsets are known; never filled: every byte is
             # written by the caller.
-            frames = _allocated(f, "frames", (int(table.lengths.sum()), FEATURE_DIM), dtype)
-            checksums = _allocated(f, "checksums", (len(table.lengths),), np.dtype("<u4"))
+            frames = contiguous_dataset(f, "frames", (int(table.lengths.sum()), FEATURE_DIM), dtype)
+            checksums = contiguous_dataset(f, "checksums", (len(table.lengths),), np.dtype("<u4"))
             slots = FrameSlots(tmp, frames.id.get_offset(), checksums.id.get_offset(), dtype, len(frames))
         if slots.offset is not None:
             _reserve(tmp, slots.offset, slots.rows * FEATURE_DIM * dtype.itemsize)
@@ -390,8 +402,9 @@ def building_frame_store(
         # replacing() makes it durable before the rename makes it visible: see the module docstring
 
 
-def _allocated(f: h5py.File, name: str, shape: tuple[int, ...], dtype: np.dtype) -> h5py.Dataset:
-    """A contiguous dataset whose space is allocated at once and never filled by HDF5."""
+def contiguous_dataset(f: h5py.File, name: str, shape: tuple[int, ...], dtype: np.dtype) -> h5py.Dataset:
+    """A contiguous dataset whose space is allocated at once (so its file offset is known: it can be written in
+    place and memory-mapped) and never filled by HDF5 (every byte is the caller's to write)."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)

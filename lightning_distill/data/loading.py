@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.samplers import FrameSampler
+from lightning_distill.data.target_cache import TargetCache
 
 
 class BatchRequest(NamedTuple):
@@ -131,6 +132,7 @@ class VideoBatchDataset(Dataset[VideoBatch]):
         videos: (N,) int64 store indices of this split's videos (a validation carve-out uses a subset).
         views: view name -> sampler.
         max_frames: lengths are capped here, so the teacher view has T <= max_frames.
+        targets: a teacher's cached outputs to attach to every batch, or None.
     """
 
     def __init__(
@@ -139,11 +141,13 @@ class VideoBatchDataset(Dataset[VideoBatch]):
         videos: np.ndarray,
         views: Mapping[str, FrameSampler],
         max_frames: int,
+        targets: TargetCache | None = None,
     ) -> None:
         self.store = store
         self.videos = videos
         self.views = dict(views)
         self.max_frames = max_frames
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -164,6 +168,8 @@ class VideoBatchDataset(Dataset[VideoBatch]):
                 name: FrameView(frames=torch.from_numpy(frames[name]), mask=index >= 0, positions=index)
                 for name, index in indices.items()
             },
+            indices=torch.from_numpy(videos),
+            targets=None if self.targets is None else {k: torch.from_numpy(v) for k, v in self.targets.read(videos).items()},
         )
 
     def _read(self, videos: np.ndarray, indices: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

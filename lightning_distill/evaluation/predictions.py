@@ -67,6 +67,8 @@ class KagglePredictionWriter(BasePredictionWriter):
         self._writing: Path | None = None
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Rank 0's path: ranks started by an external launcher (torchrun, srun) may have chosen another run dir.
+        self.output = Path(trainer.strategy.broadcast(str(self.output)))
         self.output.parent.mkdir(parents=True, exist_ok=True)
         distributed = trainer.world_size > 1
         self._writing = self._rank_part(trainer.global_rank, unfinished=True) if distributed else self._assembly()

@@ -131,10 +131,17 @@ class LossTerm(nn.Module, ABC):
         weight: multiplies the term in the total (>= 0).
 
     Attributes:
-        needs_teacher: whether the term compares with the teacher's outputs.
+        teacher_outputs: the ``ModelOutput`` fields of the teacher the term reads (empty: it needs no teacher).
+            A term that reads only video-level outputs (``representation``, ``probabilities``) can be trained
+            from a teacher's cached targets.
     """
 
-    needs_teacher: bool = True
+    teacher_outputs: frozenset[str] = frozenset()
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether the term compares with the teacher's outputs."""
+        return bool(self.teacher_outputs)
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
@@ -160,8 +167,6 @@ class ClassificationLoss(LossTerm):
         weight: multiplies the term in the total.
     """
 
-    needs_teacher = False
-
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> Tensor:
         return classification_loss(student.probabilities, labels)
 
@@ -172,6 +177,8 @@ class RepresentationLoss(LossTerm):
     Args:
         weight: multiplies the term in the total.
     """
+
+    teacher_outputs = frozenset({"representation"})
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> Tensor:
         return representation_loss(teacher.representation, student.representation)
@@ -186,6 +193,8 @@ class IntermediateRepresentationLoss(LossTerm):
     Args:
         weight: multiplies the term in the total.
     """
+
+    teacher_outputs = frozenset({"intermediate"})
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> Tensor:
         if student.intermediate is None or teacher.intermediate is None:
@@ -206,6 +215,8 @@ class PredictionLoss(LossTerm):
         distance: ``"kl"`` (KL of class-normalised probabilities, the authors' code) or ``"squared"``.
         temperature: T; both sides become ``sigmoid(logit(p) / T)`` first (T > 1 softer, T < 1 sharper).
     """
+
+    teacher_outputs = frozenset({"probabilities"})
 
     def __init__(
         self, weight: float = 1.0, distance: Literal["kl", "squared"] = "kl", temperature: float = 1.0
@@ -240,7 +251,12 @@ class DistillLoss(nn.Module):
     @property
     def needs_teacher(self) -> bool:
         """Whether any term compares with the teacher's outputs."""
-        return any(term.needs_teacher for term in self.terms.values())
+        return bool(self.teacher_outputs)
+
+    @property
+    def teacher_outputs(self) -> frozenset[str]:
+        """The teacher's ``ModelOutput`` fields any term reads."""
+        return frozenset().union(*(term.teacher_outputs for term in self.terms.values()))
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> dict[str, Tensor]:
         """``{name: weight * value for each term, "total": their sum}``.

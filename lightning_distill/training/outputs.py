@@ -19,15 +19,21 @@ class ModelOutput:
         representation: (B, E) the video representation E (the paper's E_T / E_S).
         intermediate: (B, T, H) a state per view slot (I_T / I_S), or None if the encoder keeps none.
         probabilities: (B, C) class probabilities in (0, 1).
-        positions: (B, T) long, the frame index in the video of each slot, -1 at padding (the view's).
-        mask: (B, T) bool, True where a slot holds a real frame (the view's).
+        positions: (B, T) long, the frame index in the video of each slot, -1 at padding (the view's); None for
+            a teacher's cached targets, which keep video-level outputs only.
+        mask: (B, T) bool, True where a slot holds a real frame (the view's); None as ``positions``.
     """
 
     representation: Tensor
     intermediate: Tensor | None
     probabilities: Tensor
-    positions: Tensor
-    mask: Tensor
+    positions: Tensor | None
+    mask: Tensor | None
+
+    @classmethod
+    def from_targets(cls, targets: dict[str, Tensor]) -> ModelOutput:
+        """A frozen teacher's outputs as cached (``VideoBatch.targets``): representation and probabilities."""
+        return cls(targets["representation"], None, targets["probabilities"], None, None)
 
 
 def classify(encoder: VideoEncoder, head: ClassifierHead, view: FrameView) -> ModelOutput:

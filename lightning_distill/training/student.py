@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_distill.data.batch import VideoBatch
+from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, UniformSampler
 from lightning_distill.errors import ConfigError
 from lightning_distill.models.encoder import VideoEncoder
@@ -35,6 +36,8 @@ from lightning_distill.training.outputs import ModelOutput
 from lightning_distill.training.teacher import TeacherModule
 
 TEACHER_PREFIX = "teacher."
+# The teacher outputs a target cache keeps: video-level ones (data/target_cache.py).
+CACHEABLE_OUTPUTS = frozenset({"representation", "probabilities"})
 
 
 def default_student_loss() -> dict[str, LossTerm]:
@@ -52,6 +55,13 @@ class StudentModule(VideoClassifierModule):
 
     The teacher's weights are never written into the student's checkpoints, so validate, test and predict
     need only the student's checkpoint (and read only the "student" view).
+
+    Teacher targets: when every term that compares with the teacher reads only its video-level outputs (L_rep:
+    E_T, L_pred: P_T), the teacher runs once over the training store when the fit starts and its outputs are kept
+    beside the store (``data/target_cache.py``; reused by every later student of the same teacher and data).
+    Training then reads only the student's k frames and the cached rows, instead of the teacher's every frame
+    each step. ``teacher_targets: live`` runs the teacher every step instead; L_rep^I (per-frame teacher states
+    at the student's frames) always does.
 
     The paper's losses: ``{rep, ce}``, ``{pred}``, ``{pred, ce}``, ``{rep, pred, ce}`` (the default), plus
     ``IntermediateRepresentationLoss`` (L_rep^I). ``{rep}`` alone is the paper's two-stage recipe: stage 1 fits
@@ -72,6 +82,7 @@ class StudentModule(VideoClassifierModule):
             of head, whose weights it starts from.
         optimizer: builds the optimiser from the student's parameters.
         lr_scheduler: builds a per-epoch learning-rate schedule, or None for a constant rate.
+        teacher_targets: ``cached`` (compute the teacher's outputs once, see above) or ``live``.
     """
 
     evaluated_roles = ("student",)
@@ -89,6 +100,7 @@ class StudentModule(VideoClassifierModule):
         head: Callable[[int, int], ClassifierHead] = LogisticHead,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        teacher_targets: Literal["cached", "live"] = "cached",
     ) -> None:
         super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30))
         teacher_sampler = teacher_sampler or AllFramesSampler()
@@ -101,22 +113,42 @@ class StudentModule(VideoClassifierModule):
                 "TeacherModule's .ckpt, or use loss {ce: ClassificationLoss} alone"
             )
         check_teacher_comparisons(self.criterion, teacher_sampler)
+        if teacher_targets not in ("cached", "live"):
+            raise ConfigError(f"teacher_targets must be 'cached' or 'live', got {teacher_targets!r}")
         self.teacher_checkpoint = teacher_checkpoint
         self.init_from = init_from
         self.teacher_sampler = teacher_sampler
-        # Loaded by setup("fit"): evaluating a student never needs its teacher.
+        self.teacher_targets = teacher_targets
+        # Loaded by setup("fit"): evaluating a student never needs its teacher. With cached targets only the
+        # teacher's head (the student's starting head) is kept.
         self.teacher: TeacherModule | None = None
+        self._teacher_head: dict[str, Tensor] | None = None
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether the teacher's outputs can be cached: the terms read only video-level teacher outputs."""
+        wanted = self.criterion.teacher_outputs
+        return self.teacher_targets == "cached" and bool(wanted) and wanted <= CACHEABLE_OUTPUTS
 
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
-        if stage == "fit" and self.criterion.needs_teacher:
+        if stage == "fit" and self.criterion.needs_teacher and self._teacher_head is None:
             return {"teacher": self.teacher_sampler, "student": self.sampler}
         return {"student": self.sampler}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         # Here, before Lightning moves the module to its device and restores a resumed fit's checkpoint.
-        if stage == "fit" and self.teacher_checkpoint is not None:
-            self.teacher = self._load_teacher(self.teacher_checkpoint)
+        if stage != "fit" or self.teacher_checkpoint is None:
+            return
+        teacher = self._load_teacher(self.teacher_checkpoint)
+        datamodule = self.trainer.datamodule
+        if self.cacheable and hasattr(datamodule, "teacher_targets"):
+            self._teacher_head = {key: value.clone() for key, value in teacher.head.state_dict().items()}
+            self._cache_targets(teacher, datamodule)
+            return
+        if self.criterion.teacher_outputs - CACHEABLE_OUTPUTS and self.teacher_targets == "cached":
+            rank_zero_info("teacher targets: live (L_rep^I compares the teacher's per-frame states every step)")
+        self.teacher = teacher
 
     def on_fit_start(self) -> None:
         # Starting weights are for a fresh fit: a resumed one has restored its own by now (trainer.ckpt_path set).
@@ -124,6 +156,8 @@ class StudentModule(VideoClassifierModule):
             return
         if self.init_from is not None:
             self._load_student_weights(self.init_from)
+        elif self._teacher_head is not None:
+            self.head.load_state_dict(self._teacher_head)
         elif self.teacher is not None:
             self.head.load_state_dict(self.teacher.head.state_dict())
 
@@ -137,7 +171,9 @@ class StudentModule(VideoClassifierModule):
 
     def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
         outputs = {"student": self(batch.views["student"])}
-        if self.teacher is not None and self.criterion.needs_teacher and "teacher" in batch.views:
+        if batch.targets is not None:
+            outputs["teacher"] = ModelOutput.from_targets(batch.targets)
+        elif self.teacher is not None and self.criterion.needs_teacher and "teacher" in batch.views:
             with torch.no_grad():
                 outputs["teacher"] = self.teacher(batch.views["teacher"])
         return outputs
@@ -159,6 +195,21 @@ class StudentModule(VideoClassifierModule):
                 {TEACHER_PREFIX + key: value for key, value in self.teacher.state_dict().items()}
             )
         super().on_load_checkpoint(checkpoint)
+
+    def _cache_targets(self, teacher: TeacherModule, datamodule: Any) -> None:
+        """Have the data module attach the teacher's cached outputs to the training batches (built if needed)."""
+        device = self.trainer.strategy.root_device
+        teacher.to(device)
+        cache, built = datamodule.teacher_targets(
+            lambda view: _video_outputs(teacher, view),
+            checkpoint=self.teacher_checkpoint,
+            sampler=self.teacher_sampler,
+            device=device,
+            precision=str(self.trainer.precision),
+            context=self.trainer.precision_plugin.forward_context,
+        )
+        action = "built" if built else "reused"
+        rank_zero_info(f"teacher targets: cached, {action} {cache.path} (the build took {cache.build_seconds:.1f} s)")
 
     def _load_teacher(self, path: str) -> TeacherModule:
         if not Path(path).is_file():
@@ -182,6 +233,12 @@ class StudentModule(VideoClassifierModule):
                     f"init_from {path} does not hold this student's {name} weights (missing or other sizes): "
                     "give a checkpoint of a StudentModule with the same encoder and head"
                 ) from None
+
+
+def _video_outputs(teacher: TeacherModule, view: FrameView) -> dict[str, Tensor]:
+    """What the cache keeps of the teacher's outputs for a view."""
+    output = teacher(view)
+    return {"representation": output.representation, "probabilities": output.probabilities}
 
 
 def _check_same_head(teacher_head: nn.Module, student_head: nn.Module, path: str) -> None:
