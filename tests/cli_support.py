@@ -57,7 +57,7 @@ def run_error(args: list[str], capsys: pytest.CaptureFixture) -> str:
         in_own_context(main, args)
     assert exit_.value.code == 2
     stderr = capsys.readouterr().err
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr, stderr[-3000:]
     (message,) = [line for line in stderr.splitlines() if line.startswith("error:")]
     return message
 

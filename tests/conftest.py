@@ -6,9 +6,13 @@ import gc
 import sys
 from pathlib import Path
 
+import lightning.pytorch  # noqa: F401 - see below
 import pytest
 
 from lightning_distill.data.synthetic import generate
+
+# Lightning adds a logging handler bound to sys.stderr when first imported. `vdistill` imports it lazily, so without
+# this import the first CLI test to run would bind it to that test's captured stream, closed once the test ends.
 
 SYNTHETIC_CLASSES = 8
 

@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_distill.errors import ConfigError, DataError
-from lightning_distill.evaluation.predictions import KagglePredictionWriter, format_prediction_row
+from lightning_distill.evaluation.prediction_file import format_prediction_row
+from lightning_distill.evaluation.predictions import KagglePredictionWriter
 
 
 def parse_row(row: str) -> tuple[str, list[int], list[float]]:

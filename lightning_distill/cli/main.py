@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "test": (MODEL_COMMANDS, "score a checkpoint on the test split: YouTube-8M metrics as a table and JSON"),
     "predict": (MODEL_COMMANDS, "write a Kaggle prediction file (top-20 classes per video)"),
     "profile": (MODEL_COMMANDS, "parameters, MACs, FLOPs and measured videos/s of a configured model"),
+    "export": (MODEL_COMMANDS, "write a trained model as ONNX or TorchScript, raw uint8 frames in, checked"),
+    "score": ("lightning_distill.cli.score_command", "run an exported model over a store or TFRecords (no Lightning)"),
     "convert": ("lightning_distill.cli.data_commands", "convert YouTube-8M TFRecords into an HDF5 frame store"),
     "synth": ("lightning_distill.cli.data_commands", "write a synthetic YouTube-8M data set as TFRecords"),
     "inspect": ("lightning_distill.cli.data_commands", "summarise (and --verify) a frame store"),

@@ -7,6 +7,7 @@ metrics once and writes them as JSON; ``predict`` writes the Kaggle file.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,9 +16,11 @@ from typing import Any
 from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from lightning_distill.cli.outputs import fit_outputs, print_summary, write_into
+from lightning_distill.cli.outputs import fit_outputs, write_into
+from lightning_distill.cli.summary import print_summary
 from lightning_distill.cli.run_directory import RUN_DIR_ENV, choose_run_directory, default_run_name, link_latest
 from lightning_distill.cli.trainer import VDistillTrainer
 from lightning_distill.data.datamodule import YT8MDataModule
@@ -33,6 +36,11 @@ DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.WandbLogger",
     "init_args": {"project": "vdistill", "offline": True},
 }
+
+# Lightning advertises its LitLogger on every run; vdistill logs to W&B, CSV or TensorBoard, so the tip is noise.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()
+)
 
 # The metric prefix each evaluating command logs under.
 STAGES = {"validate": "val", "test": "test"}
@@ -72,7 +80,7 @@ class VDistillCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "profile": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "profile": {"model", "datamodule"}, "export": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -141,6 +149,8 @@ class VDistillCLI(LightningCLI):
             config.metrics_json = config.metrics_json or str(self.run_dir / f"{STAGES[self.subcommand]}_metrics.json")
         if self.subcommand == "predict":
             config.predictions = config.predictions or str(self.run_dir / "predictions.csv")
+        if self.subcommand == "export":
+            config.trainer.logger = False  # nothing to log: the file and its check are the result
 
     def before_predict(self) -> None:
         self.trainer.callbacks.append(KagglePredictionWriter(self._get(self.config, "predictions")))
@@ -168,7 +178,10 @@ class VDistillCLI(LightningCLI):
         if not self.trainer.is_global_zero or not metrics:
             return
         print_metrics(metrics, title=f"{stage} metrics")
-        path = write_metrics_json(metrics, self._get(self.config, "metrics_json"), logger=self.trainer.logger)
+        path = write_metrics_json(metrics, self._get(self.config, "metrics_json"))
+        if isinstance(self.trainer.logger, WandbLogger):
+            rows = [[name, value] for name, value in sorted(metrics.items())]
+            self.trainer.logger.log_table(key=f"{path.stem}_table", columns=["metric", "value"], data=rows)
         print_summary(command, {"metrics": path, "run": self.run_dir})
 
 

@@ -1,12 +1,11 @@
-"""What a model command writes, and where: every output pointed into the run directory, and a closing summary.
+"""What a model command writes, and where: every output pointed into the run directory, and what a fit left.
 
-Kept apart from ``main`` so the rules are in one place: LightningCLI's parsed config is edited before anything
-is built (``write_into``), and each command ends by listing the files it wrote (``print_summary``).
+LightningCLI's parsed config is edited before anything is built (``write_into``); a finished fit lists its
+checkpoints and logs (``fit_outputs``) for the closing summary (``cli/summary.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from rich.console import Console
 
 
 def write_into(config: Namespace, run: Path) -> None:
@@ -65,11 +63,3 @@ def fit_outputs(trainer: Trainer, run: Path) -> dict[str, Any]:
         elif logger.log_dir:
             rows[f"{type(logger).__name__} logs"] = logger.log_dir
     return rows
-
-
-def print_summary(command: str, rows: Mapping[str, Any]) -> None:
-    """``vdistill <command> done`` and one aligned line per output, paths as given."""
-    width = max(map(len, rows), default=0)
-    lines = [f"[bold green]vdistill {command}[/bold green] done"]
-    lines += [f"  {name.ljust(width)}  {value}" for name, value in rows.items()]
-    Console().print("\n".join(lines), highlight=False, soft_wrap=True)

@@ -1,20 +1,33 @@
-"""A Trainer with one more verb, ``profile``, so ``vdistill profile`` takes the same config as ``vdistill fit``."""
+"""A Trainer with two more verbs, ``profile`` and ``export``, so they take the same config as ``vdistill fit``."""
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from lightning.pytorch import LightningDataModule, Trainer
+from torch import nn
 
-from lightning_distill.data.yt8m import MAX_FRAMES
+from lightning_distill.cli.summary import print_summary
+from lightning_distill.data.datamodule import YT8MDataModule
+from lightning_distill.data.samplers import UniformSampler
+from lightning_distill.data.yt8m import MAX_FRAMES, RGB_DIM
+from lightning_distill.deployment.export import export_network, load_exported, metadata_for
+from lightning_distill.deployment.network import RawFramesClassifier
+from lightning_distill.errors import ConfigError
 from lightning_distill.evaluation.flops import CostProfile, profile_model
 from lightning_distill.evaluation.report import print_metrics
-from lightning_distill.training.module import VideoClassifierModule
+from lightning_distill.training.checkpoints import read_checkpoint
+from lightning_distill.training.module import VideoClassifierModule, check_blocks
 
 
 class VDistillTrainer(Trainer):
-    """``lightning.pytorch.Trainer`` plus ``profile``: the inference cost of the configured model."""
+    """``lightning.pytorch.Trainer`` plus ``profile`` (the inference cost of the configured model) and ``export``
+    (its predicting network as ONNX or TorchScript)."""
 
     def profile(
         self,
@@ -53,3 +66,97 @@ class VDistillTrainer(Trainer):
         if self.logger is not None:
             self.logger.log_hyperparams({f"cost/{k}": v for k, v in summary.items()})
         return cost
+
+    def export(
+        self,
+        model: VideoClassifierModule,
+        datamodule: YT8MDataModule,
+        ckpt_path: str | None = None,
+        output: str = "model.onnx",
+        format: str = "onnx",  # noqa: A002 - the CLI flag's name
+        frames: int | None = None,
+        tolerance: float = 1e-4,
+    ) -> ExportReport:
+        """Write the model's predicting network, from raw uint8 frames to probabilities, and check it.
+
+        The exported file is run (onnxruntime, or TorchScript) on a real batch of the config's data and compared
+        with the Lightning module on the same frames; the largest difference is printed, and the export fails
+        above ``tolerance``.
+
+        Args:
+            model: the configured module; its predicting network is exported (a Parallel module's student).
+            datamodule: the data; one batch of it checks the export.
+            ckpt_path: the trained weights (a checkpoint of this config); without it the weights are untrained.
+            output: the file to write.
+            format: ``onnx`` or ``torchscript``.
+            frames: T for a model that sees every frame (a teacher): the graph takes exactly T frames, chosen
+                evenly over each video; default: the data's max_frames. A k-frame model always takes its k.
+            tolerance: the largest difference allowed between the file's and the module's probabilities.
+        """
+        if ckpt_path is not None:
+            checkpoint = read_checkpoint(ckpt_path)
+            model.on_load_checkpoint(checkpoint)
+            model.load_state_dict(checkpoint["state_dict"])
+        inference = model.inference_network()
+        sampler = inference.sampler
+        if sampler.k is None:
+            sampler = UniformSampler(frames or datamodule.max_frames)
+        elif getattr(sampler, "over_padded", False):
+            raise ConfigError(
+                "an exported graph takes k real frames per video, but UniformSampler(over_padded=True) leaves "
+                "padding in short videos: export a model trained with over_padded: false"
+            )
+        check_blocks(inference.encoder, sampler, "exported model")  # H-RNN's blocks must tile the T frames
+        network = RawFramesClassifier(copy.deepcopy(inference.encoder), copy.deepcopy(inference.head),
+                                      datamodule.normalization)
+        metadata = metadata_for(type(model).__name__, network, sampler.k, sampler, datamodule.max_frames)
+        path = export_network(network, output, fmt=format, metadata=metadata)
+        difference = _export_difference(path, inference.encoder, inference.head, datamodule, sampler)
+        report = ExportReport(path, format, sampler.k, difference, trained=ckpt_path is not None)
+        print_summary("export", report.rows())
+        if difference > tolerance:
+            path.unlink()
+            raise ConfigError(
+                f"the exported model differs from the Lightning module by {difference:.2e} (> {tolerance:g}) on a "
+                "real batch: not written; please report this with the config"
+            )
+        return report
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What ``export`` wrote: the file, its format, frames per video and the checked difference."""
+
+    path: Path
+    format: str
+    frames: int
+    difference: float
+    trained: bool
+
+    def rows(self) -> dict[str, str]:
+        return {
+            "model": str(self.path),
+            "format": self.format,
+            "frames per video": str(self.frames),
+            "max |difference| vs Lightning": f"{self.difference:.2e} on a real batch",
+            "weights": "from --ckpt_path" if self.trained else "untrained (no --ckpt_path)",
+        }
+
+
+def _export_difference(path: Path, encoder: nn.Module, head: nn.Module, datamodule: YT8MDataModule, sampler) -> float:
+    """Largest |p_file - p_module| over one real batch read with ``sampler``: the module runs on the frames as
+    training prepares them (dequantised, normalised, masked), the file on the raw uint8 frames."""
+    run, _ = load_exported(path)
+    batch = datamodule.first_batch({"view": sampler})
+    raw = batch.views["view"].frames.numpy()
+    exported = run({"rgb": raw[..., :RGB_DIM], "audio": raw[..., RGB_DIM:]})
+    view = datamodule.on_after_batch_transfer(batch, 0).views["view"]
+    was_training = encoder.training, head.training
+    encoder.eval(), head.eval()
+    try:
+        with torch.no_grad():
+            expected = head(encoder(view.frames, view.mask).representation).numpy()
+    finally:
+        encoder.train(was_training[0])
+        head.train(was_training[1])
+    return float(np.abs(exported - expected).max())

@@ -232,6 +232,17 @@ class YT8MDataModule(L.LightningDataModule):
         self._targets, built = build_target_cache(path, key, batches, teacher=str(checkpoint))
         return self._targets, built
 
+    def first_batch(self, views: dict[str, FrameSampler]) -> VideoBatch:
+        """The first batch (uint8, as loaded) of the first split given, in test, val, train, predict order: a real
+        batch for checks such as an export's."""
+        split = next((s for s in ("test", "val", "train", "predict") if self.sources[s] is not None), None)
+        if split is None:
+            raise ConfigError("no data to check with: set data.test_files (or any data.*_files)")
+        self.prepare_data()
+        store_path = self.store_path(split)
+        store = self._stores.get(split) or FrameStore(store_path)
+        return next(iter(self._make_loader(store, np.arange(len(store)), views, shuffle=False, ranks={})))
+
     def _loader(self, split: str, stage: str, shuffle: bool) -> DataLoader:
         if split not in self._videos:
             self.setup(stage)

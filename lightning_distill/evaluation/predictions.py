@@ -1,9 +1,5 @@
-"""Kaggle prediction files (YouTube-8M 2017/2018): a video's top-20 classes, streamed as predictions arrive.
-
-Format: header ``VideoId,LabelConfidencePairs``, then one row per video ``<id>,<label> <score> <label> <score> ...``
-with the top-k classes by descending score (equal scores by class index, as the metrics rank them), scores
-with 6 decimals.
-"""
+"""``KagglePredictionWriter``: ``vdistill predict``'s Kaggle prediction file, streamed as predictions arrive, per rank
+under DDP (the format: ``evaluation/prediction_file.py``)."""
 
 from __future__ import annotations
 
@@ -14,31 +10,9 @@ from typing import IO, Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
-from torch import Tensor
 
-from lightning_distill.errors import ConfigError, DataError
-from lightning_distill.evaluation.ranking import stable_topk
-
-HEADER = "VideoId,LabelConfidencePairs"
-
-
-def format_prediction_row(video_id: str, probs: Tensor, top_k: int = 20) -> str:
-    """One row of a Kaggle prediction file, without the newline.
-
-    Args:
-        video_id: the video's id as in its record.
-        probs: (C,) class scores.
-        top_k: classes listed (all C if fewer).
-
-    Returns:
-        ``"<id>,<label> <score> ..."``, labels as class indices, scores as ``%.6f``, best first.
-    """
-    if "," in video_id or "\n" in video_id:
-        raise DataError(f"video id {video_id!r} contains a comma or newline and cannot go in a CSV prediction file")
-    scores, labels = stable_topk(probs.detach().float().cpu()[None], min(top_k, probs.shape[-1]))
-    pairs = " ".join(f"{label} {score:.6f}" for label, score in zip(labels[0].tolist(), scores[0].tolist()))
-    return f"{video_id},{pairs}"
-
+from lightning_distill.errors import ConfigError
+from lightning_distill.evaluation.prediction_file import HEADER, write_rows
 
 class KagglePredictionWriter(BasePredictionWriter):
     """Writes ``trainer.predict``'s results to a Kaggle prediction file, batch by batch.
@@ -92,9 +66,7 @@ class KagglePredictionWriter(BasePredictionWriter):
                 "{'video_ids': list[str], 'probabilities': Tensor (B, C)} for KagglePredictionWriter"
             )
         assert self._file is not None, "on_predict_start opens the file"
-        probabilities = prediction["probabilities"].detach().float().cpu()
-        rows = (format_prediction_row(v, p, self.top_k) for v, p in zip(prediction["video_ids"], probabilities))
-        self._file.writelines(row + "\n" for row in rows)
+        write_rows(self._file, prediction["video_ids"], prediction["probabilities"], self.top_k)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self._file is not None and self._writing is not None, "on_predict_start opens the file"

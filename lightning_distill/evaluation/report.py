@@ -1,11 +1,10 @@
-"""Readable and machine-readable reports of evaluation metrics: a rich table, JSON, and a W&B table."""
+"""Readable and machine-readable reports of evaluation metrics: a rich table and JSON (no Lightning needed)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from lightning.pytorch.loggers import Logger, WandbLogger
 from rich.console import Console
 from rich.table import Table
 
@@ -20,12 +19,9 @@ def print_metrics(metrics: dict[str, float], *, title: str) -> None:
     Console().print(table)
 
 
-def write_metrics_json(metrics: dict[str, float], path: str | Path, *, logger: Logger | None = None) -> Path:
-    """Write metrics as JSON (creating the directory) and, for a W&B logger, log them as a W&B Table too."""
+def write_metrics_json(metrics: dict[str, float], path: str | Path) -> Path:
+    """Write metrics as JSON, keys sorted (creating the directory); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
-    if isinstance(logger, WandbLogger):
-        rows = [[name, value] for name, value in sorted(metrics.items())]
-        logger.log_table(key=f"{path.stem}_table", columns=["metric", "value"], data=rows)
     return path

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 
@@ -53,6 +54,15 @@ class VideoEncoder(nn.Module, ABC):
         """
 
     student_free_keys: tuple[str, ...] = ()
+
+    def forward_all_frames(self, frames: Tensor) -> Tensor:
+        """(B, T, D) frames, every slot a real frame -> (B, E) representation, as ``forward`` with an all-True mask.
+
+        What an exported network runs (``deployment/``): no data-dependent shapes, so ``torch.export`` and ONNX can
+        trace it. Encoders whose ``forward`` needs masks to skip padding (packed LSTMs) override it.
+        """
+        mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
+        return self(frames, mask).representation
 
     @classmethod
     def tiny(cls, **overrides: Any) -> VideoEncoder:

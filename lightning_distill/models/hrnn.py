@@ -81,6 +81,22 @@ class HRNN(VideoEncoder):
         with torch.autocast(frames.device.type, enabled=False):
             return self._encode(frames.float(), mask)
 
+    def forward_all_frames(self, frames: Tensor) -> Tensor:
+        """(B, T, D) frames, all real, T a multiple of ``block_length`` -> (B, 2LH) representation.
+
+        Without padding every block is full, so both LSTMs run unpacked on fixed shapes (exportable); the result
+        is ``forward``'s up to float rounding.
+        """
+        batch, slots, dim = frames.shape
+        if slots % self.block_length:
+            raise ValueError(f"HRNN.forward_all_frames needs T a multiple of block_length={self.block_length}, got {slots}")
+        with torch.autocast(frames.device.type, enabled=False):
+            blocks = frames.float().reshape(-1, self.block_length, dim)
+            _, (h, c) = self.lower(blocks)
+            block_states = _concat_state(h, c).reshape(batch, slots // self.block_length, self.output_dim)
+            _, (h, c) = self.upper(block_states)
+            return _concat_state(h, c)
+
     def _encode(self, frames: Tensor, mask: Tensor) -> EncoderOutput:
         batch, slots, dim = frames.shape
         length = self.block_length
