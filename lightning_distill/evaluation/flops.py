@@ -14,6 +14,7 @@ The paper's "FLOPs" (H-RNN: 17.3M per frame, 0.52 G at k = 30) are MACs by this 
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -105,6 +106,24 @@ def count_macs(module: nn.Module, *inputs: Any) -> MacCount:
     return MacCount(counted=(counter.get_total_flops() - seen_inside) // 2, recurrent=recurrent)
 
 
+def inference_macs(encoder: nn.Module, head: nn.Module, num_frames: int) -> int:
+    """MACs of one video's ``head(encoder(frames, mask).representation)`` at ``num_frames`` real frames (no timing).
+
+    The modules are put in eval mode for the count and given back in their mode.
+    """
+    frames = torch.randn(1, num_frames, encoder.input_dim, device=next(encoder.parameters()).device)
+    mask = torch.ones(1, num_frames, dtype=torch.bool, device=frames.device)
+    was_training = encoder.training, head.training
+    encoder.eval(), head.eval()
+    try:
+        with torch.no_grad():
+            representation = encoder(frames, mask).representation
+        return count_macs(encoder, frames, mask).total + count_macs(head, representation).total
+    finally:
+        encoder.train(was_training[0])
+        head.train(was_training[1])
+
+
 @dataclass(frozen=True)
 class CostProfile:
     """Cost of one encoder + head at a given number of input frames.
@@ -115,7 +134,10 @@ class CostProfile:
         device: where it was timed.
         encoder_params, head_params: parameter counts.
         encoder_macs_per_video, head_macs_per_video: MACs of one video's forward pass.
-        videos_per_s: measured inference throughput (eval mode, no gradients, after warm-up).
+        videos_per_s: measured inference throughput (eval mode, no gradients, after warm-up): the median over the
+            timed repeats.
+        videos_per_s_min, videos_per_s_max: the slowest and fastest repeat.
+        threads: torch's intra-op threads during the timing.
     """
 
     num_frames: int
@@ -126,6 +148,9 @@ class CostProfile:
     encoder_macs_per_video: float
     head_macs_per_video: float
     videos_per_s: float
+    videos_per_s_min: float
+    videos_per_s_max: float
+    threads: int
 
     @property
     def params(self) -> int:
@@ -161,7 +186,7 @@ def profile_model(
     device: str | torch.device = "cpu",
     frame_dim: int | None = None,
     warmup: int = 2,
-    repeats: int = 10,
+    repeats: int = 5,
 ) -> CostProfile:
     """Count parameters and MACs and time inference of ``head(encoder(frames, mask).representation)``.
 
@@ -196,7 +221,7 @@ def profile_model(
             representation = encoder(frames, mask).representation
         encoder_macs = count_macs(encoder, frames, mask).total
         head_macs = count_macs(head, representation).total
-        videos_per_s = _videos_per_second(encoder, head, frames, mask, warmup=warmup, repeats=repeats)
+        speeds = _videos_per_second(encoder, head, frames, mask, warmup=warmup, repeats=repeats)
     finally:
         encoder.train(was_training[0])
         head.train(was_training[1])
@@ -208,7 +233,10 @@ def profile_model(
         head_params=_num_params(head),
         encoder_macs_per_video=encoder_macs / batch_size,
         head_macs_per_video=head_macs / batch_size,
-        videos_per_s=videos_per_s,
+        videos_per_s=statistics.median(speeds),
+        videos_per_s_min=min(speeds),
+        videos_per_s_max=max(speeds),
+        threads=torch.get_num_threads(),
     )
 
 
@@ -218,20 +246,22 @@ def _num_params(module: nn.Module) -> int:
 
 def _videos_per_second(
     encoder: nn.Module, head: nn.Module, frames: Tensor, mask: Tensor, *, warmup: int, repeats: int
-) -> float:
-    """Throughput of full inference passes; the device is synchronised so queued GPU work is timed too."""
+) -> list[float]:
+    """Videos/s of each of ``repeats`` timed inference passes (after ``warmup`` untimed ones); the device is
+    synchronised, so queued GPU work is timed too."""
 
     def sync() -> None:
         if frames.device.type == "cuda":
             torch.cuda.synchronize(frames.device)
 
+    speeds = []
     with torch.no_grad():
         for _ in range(warmup):
             head(encoder(frames, mask).representation)
-        sync()
-        start = time.perf_counter()
         for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
             head(encoder(frames, mask).representation)
-        sync()
-        elapsed = time.perf_counter() - start
-    return repeats * frames.shape[0] / elapsed
+            sync()
+            speeds.append(frames.shape[0] / (time.perf_counter() - start))
+    return speeds
