@@ -13,8 +13,9 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning_distill.cli.experiment_command import experiment
 from lightning_distill.cli.main import main
 from lightning_distill.errors import ConfigError
-from lightning_distill.experiment.cell_config import cell_configs, deep_merge, load_yaml
-from lightning_distill.experiment.grid import ROLE_CONFIGS, Grid, StudentVariant, expand_grid, row_labels
+from lightning_distill.config_files import deep_merge, load_config
+from lightning_distill.experiment.cell_config import cell_configs
+from lightning_distill.experiment.grid import Grid, StudentVariant, expand_grid, row_labels
 from lightning_distill.atomic_files import write_json_atomic
 from lightning_distill.experiment.layout import ExperimentLayout
 from lightning_distill.experiment.report import CostEntry, method_series, write_report
@@ -25,11 +26,11 @@ FILES = {"train_files": "t/*.tfrecord", "val_files": "v/*.tfrecord", "test_files
 
 @pytest.fixture
 def configs(tmp_path: Path) -> Path:
-    """A configs directory holding (empty) base configs of every role for family ``hrnn``."""
+    """A configs directory holding (empty) config parts of every role and of family ``hrnn``."""
     directory = tmp_path / "configs"
-    directory.mkdir()
-    for name in ROLE_CONFIGS.values():
-        (directory / name.format(family="hrnn")).write_text("{}\n")
+    for part in ("role/teacher", "role/baseline", "role/serial", "role/parallel", "family/hrnn"):
+        (directory / part).parent.mkdir(parents=True, exist_ok=True)
+        (directory / f"{part}.yaml").write_text("{}\n")
     return directory
 
 
@@ -63,8 +64,8 @@ def test_expansion_has_one_teacher_per_seed_and_every_method_at_every_k(configs)
         else:
             assert cell.teacher is None
         if cell.role in ("serial", "parallel"):
-            assert cell.sampler == "UniformSampler"
-        assert cell.base_config.is_file()
+            assert cell.sampler == "uniform"
+        assert all(path.is_file() for path in cell.base_configs)
 
 
 def test_rows_follow_table_1_order(configs):
@@ -202,14 +203,14 @@ def test_presets_parse_as_the_command_parses_them(preset, monkeypatch):
     parsed = parser.parse_args(["--config", f"configs/experiments/{preset}", "--output", "unused"])
     grid = parser.instantiate_classes(parsed).grid
     cells = expand_grid(grid)
-    assert cells[0].role == "teacher" and all(cell.base_config.is_file() for cell in cells)
+    assert cells[0].role == "teacher" and all(p.is_file() for cell in cells for p in cell.base_configs)
     if preset.startswith("paper-"):
         assert grid.ks == [6, 10, 15, 20, 30] and len(grid.baselines) == 6 and len(grid.students) == 10
 
 
 MINI_GRID = """
 grid:
-  family: hrnn
+  family: hrnn-tiny
   configs: {configs}
   ks: [6]
   baselines: [uniform]
@@ -228,7 +229,7 @@ workers: 2
 def test_miniature_grid_runs_end_to_end_reports_cell_numbers_and_resumes(tmp_path):
     """Teacher, a baseline and a Serial student through `vdistill experiment`; then a rerun that trains nothing."""
     grid_file = tmp_path / "mini.yaml"
-    grid_file.write_text(MINI_GRID.format(configs=REPO / "configs" / "tiny"))
+    grid_file.write_text(MINI_GRID.format(configs=REPO / "configs"))
     output = tmp_path / "run"
     main(["experiment", "--config", str(grid_file), "--output", str(output)])
 
@@ -275,8 +276,8 @@ def test_merge_replaces_a_component_whose_class_changes():
 
 def test_cell_configs_apply_the_cell_choices_and_keep_every_run_in_its_own_directory(tmp_path):
     grid = Grid(
-        family="hrnn",
-        configs=str(REPO / "configs" / "tiny"),
+        family="hrnn-tiny",
+        configs=str(REPO / "configs"),
         ks=[6],
         baselines=["last"],
         students=[StudentVariant("serial", ["rep"]), StudentVariant("parallel", ["pred", "ce"], {"pred": 0.5})],
@@ -296,7 +297,7 @@ def test_cell_configs_apply_the_cell_choices_and_keep_every_run_in_its_own_direc
             assert "run_name" not in config
             assert all("save_dir" not in logger["init_args"] for logger in config["trainer"]["logger"])
             assert config["data"]["train_files"] == data["train_files"] and config["seed_everything"] == cell.seed
-            base_encoder = load_yaml(cell.base_config)["model"]["init_args"]["encoder"]["init_args"]
+            base_encoder = load_config(cell.base_configs[1])["model"]["init_args"]["encoder"]["init_args"]
             encoder = config["model"]["init_args"]["encoder"]["init_args"]
             assert encoder == ({**base_encoder, "block_length": 2} if cell.k == 6 else base_encoder)
 
@@ -311,6 +312,6 @@ def test_cell_configs_apply_the_cell_choices_and_keep_every_run_in_its_own_direc
     assert stage2.config["model"]["init_args"]["init_from"] == str(stage1.run_dir / "checkpoints" / "best.ckpt")
     # A smaller loss set drops the base's other terms; a term keeps its base settings apart from the weight.
     parallel = configs["parallel-pred_ce-k6-s0"][1][0].config["model"]["init_args"]
-    base_pred = load_yaml(REPO / "configs" / "tiny" / "parallel_hrnn.yaml")["model"]["init_args"]["loss"]["pred"]
+    base_pred = load_config(REPO / "configs" / "role" / "parallel.yaml")["model"]["init_args"]["loss"]["pred"]
     assert list(parallel["loss"]) == ["pred", "ce"]
     assert parallel["loss"]["pred"]["init_args"] == {**base_pred["init_args"], "weight": 0.5}

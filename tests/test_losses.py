@@ -55,6 +55,47 @@ def test_intermediate_representation_loss_by_hand():
     assert intermediate_representation_loss(i_teacher, i_student, positions, mask).item() == pytest.approx(4.5)
 
 
+def test_standardized_representation_loss_by_hand():
+    # Over the batch, dim 0 of the teacher has std 1 (values 1 and 3); dim 1 is constant (std 0), so its scale is
+    # the floor: 1% of the mean std (0.5) = 0.005. Differences [-1, 0] and [0, -0.005] become [-1, 0] and [0, -1];
+    # squared and averaged over the 2 dims: 0.5 per video, 0.5 in all.
+    e_teacher = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    e_student = torch.tensor([[2.0, 0.0], [3.0, 0.005]])
+    assert representation_loss(e_teacher, e_student, "standardized").item() == pytest.approx(0.5, rel=1e-4)
+
+
+def test_cosine_representation_loss_by_hand():
+    e_teacher = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    e_student = torch.tensor([[0.0, 3.0], [2.0, 2.0]])  # orthogonal: 1; same direction: 0
+    assert representation_loss(e_teacher, e_student, "cosine").item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_normalised_forms_do_not_depend_on_the_representations_scale_or_size():
+    torch.manual_seed(0)
+    e_teacher, e_student = torch.randn(64, 32), torch.randn(64, 32)
+    for form in ("standardized", "cosine"):
+        base = representation_loss(e_teacher, e_student, form).item()
+        assert representation_loss(100 * e_teacher, 100 * e_student, form).item() == pytest.approx(base, rel=1e-5)
+    # Unrelated unit-variance representations: about 2 whatever E (raw grows with E and with the scale).
+    for size in (32, 4096):
+        e_t, e_s = torch.randn(256, size), torch.randn(256, size)
+        assert representation_loss(e_t, e_s, "standardized").item() == pytest.approx(2.0, rel=0.05)
+    assert representation_loss(10 * e_teacher, 10 * e_student).item() == pytest.approx(
+        100 * representation_loss(e_teacher, e_student).item(), rel=1e-5
+    )
+
+
+def test_standardized_intermediate_loss_uses_real_frames_only():
+    # The teacher's states at the student's two real frames are 0 and 2 in the one dim: std 1; the student is
+    # off by 1 at each: (1/1)^2 per frame, summed over the 2 real frames; the padded slot adds nothing.
+    i_teacher = torch.tensor([[[0.0], [9.0], [2.0]]])
+    i_student = torch.tensor([[[1.0], [1.0], [5.0]]])
+    positions = torch.tensor([[0, 2, -1]])
+    mask = torch.tensor([[True, True, False]])
+    value = intermediate_representation_loss(i_teacher, i_student, positions, mask, "standardized")
+    assert value.item() == pytest.approx(1.0 + 1.0, rel=1e-5)
+
+
 def test_prediction_loss_squared_by_hand():
     p_student = torch.tensor([[0.5, 0.2, 0.5], [0.1, 0.3, 0.3]])
     # video 0: (0.9 - 0.5)^2 = 0.16; video 1: (0.6 - 0.3)^2 = 0.09; mean 0.125

@@ -111,6 +111,30 @@ def test_unlabelled_test_split_has_empty_labels(tmp_path):
     assert all(parse(r)[1] for r in read_records(written["validate"][0]))
 
 
+def test_label_noise_corrupts_train_and_validate_records_only_and_is_measured(small, tmp_path):
+    out, _ = small
+    noisy = generate(tmp_path, seed=3, shards_per_split=2, missing_labels=0.3, spurious_labels=0.5, **SMALL)
+    dropped = true = added = records = 0
+    for split, paths in noisy.items():
+        truth = {row["id"]: row for row in _ground_truth(tmp_path, split)}
+        clean = {v[0]: v for p in (out / q.name for q in paths) for v in map(parse, read_records(p))}
+        for video_id, labels, rgb, audio in (parse(r) for p in paths for r in read_records(p)):
+            row = truth[video_id]
+            # The same videos as without noise (its own random stream); only the written labels change.
+            assert np.array_equal(rgb, clean[video_id][2]) and labels == row["written_labels"]
+            assert row["labels"] == clean[video_id][1]
+            if split == "test":
+                assert labels == row["labels"]
+                continue
+            true += len(row["labels"])
+            dropped += len(set(row["labels"]) - set(labels))
+            added += len(set(labels) - set(row["labels"]))
+            records += 1
+    rates = json.loads((tmp_path / "label_noise.json").read_text())
+    assert rates == {"missing_labels": dropped / true, "spurious_labels_per_video": added / records, "records": records}
+    assert 0.15 < rates["missing_labels"] < 0.45 and 0.25 < rates["spurious_labels_per_video"] < 0.75
+
+
 def test_write_tfrecord_framing_round_trips(tmp_path):
     records = [b"", b"x", bytes(range(256)) * 3]
     assert write_tfrecord(tmp_path / "r.tfrecord", records) == 3
@@ -119,7 +143,8 @@ def test_write_tfrecord_framing_round_trips(tmp_path):
 
 
 def _ground_truth(out: Path, split: str) -> list[dict]:
-    """The rows of ``<split>_events.jsonl``: id, num_frames, labels, intro, outro, [label, start, end) events."""
+    """The rows of ``<split>_events.jsonl``: id, num_frames, labels, written_labels, intro, outro and the
+    [label, start, end) events."""
     return [json.loads(line) for line in (out / f"{split}_events.jsonl").read_text().splitlines()]
 
 

@@ -7,6 +7,7 @@ torch nor Lightning.
 
 from __future__ import annotations
 
+import json
 from inspect import signature as inspect_signature
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def convert(
         workers: shards converted in parallel processes.
         verify_crc: check the CRC32C of every record (about 30% of the cost; keep it on for downloaded data).
         max_frames: frames kept per video (the official readers keep the first 300).
-        num_classes: label vocabulary size; default: 3862 for 2018+ records, 4716 for 2017 records.
+        num_classes: label vocabulary size; default: the size declared beside the shards (``vdistill synth``
+            writes its own in vocabulary.json), else 3862 for 2018+ records, 4716 for 2017 records.
     """
     patterns = [p.strip() for p in input.split(",") if p.strip()]
     convert_records(
@@ -70,6 +72,8 @@ def synth(
     shards_per_split: int = _generate_default("shards_per_split"),
     seed: int = _generate_default("seed"),
     unlabelled_test: bool = _generate_default("unlabelled_test"),
+    missing_labels: float = _generate_default("missing_labels"),
+    spurious_labels: float = _generate_default("spurious_labels"),
 ) -> None:
     """Write synthetic YouTube-8M frame-level TFRecords (2018 format) whose labels are evidenced by timed events.
 
@@ -78,12 +82,16 @@ def synth(
         train_videos: videos in the train split.
         validate_videos: videos in the validate split.
         test_videos: videos in the test split.
-        num_classes: label vocabulary size (set the same data.num_classes when training on it).
+        num_classes: label vocabulary size (recorded beside the shards in vocabulary.json, so `vdistill convert`
+            and training read it without being told).
         min_frames: shortest video, in one-second frames.
         max_frames: longest video, in one-second frames.
         shards_per_split: TFRecord files per split.
         seed: random seed; the same seed writes byte-identical files.
         unlabelled_test: write the test split without labels, like the official one.
+        missing_labels: label noise: probability that a true label is left out of a train/validate record (the
+            test split stays exact).
+        spurious_labels: label noise: expected wrong labels added to each train/validate record.
     """
     files = generate(
         output,
@@ -96,10 +104,19 @@ def synth(
         shards_per_split=shards_per_split,
         seed=seed,
         unlabelled_test=unlabelled_test,
+        missing_labels=missing_labels,
+        spurious_labels=spurious_labels,
     )
     console = Console()
     for split, paths in files.items():
         console.print(f"{split}: {len(paths)} shard(s) in {Path(output).resolve()}")
+    noise = Path(output) / "label_noise.json"
+    if noise.is_file():
+        rates = json.loads(noise.read_text())
+        console.print(
+            f"label noise (train, validate): {rates['missing_labels']:.1%} of true labels left out, "
+            f"{rates['spurious_labels_per_video']:.2f} wrong labels per video added; the test split is exact"
+        )
 
 
 def inspect(*, store: str, verify: bool = False) -> None:

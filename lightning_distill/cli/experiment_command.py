@@ -11,7 +11,7 @@ import shlex
 from dataclasses import asdict
 from pathlib import Path
 
-from lightning_distill.experiment.cell_config import dump_yaml
+from lightning_distill.config_files import dump_yaml
 from lightning_distill.experiment.grid import Grid, check_grid
 from lightning_distill.experiment.layout import ExperimentLayout
 from lightning_distill.experiment.runner import run_experiment

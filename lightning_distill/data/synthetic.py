@@ -39,7 +39,7 @@ import crc32c
 import numpy as np
 
 from lightning_distill.data import example_proto
-from lightning_distill.data.yt8m import DEQUANT_BIAS, DEQUANT_SCALE, FEATURE_DIM, RGB_DIM
+from lightning_distill.data.yt8m import DEQUANT_BIAS, DEQUANT_SCALE, FEATURE_DIM, RGB_DIM, write_vocabulary
 from lightning_distill.errors import DataError
 
 SPLITS = ("train", "validate", "test")
@@ -284,13 +284,19 @@ def _segment(rng: np.random.Generator, probability: float, seconds: tuple[int, i
     return min(int(rng.integers(seconds[0], seconds[1] + 1)), num_frames // 5)
 
 
-def serialize(video: SyntheticVideo, with_labels: bool = True) -> bytes:
-    """The video as a 2018 frame-level ``tf.SequenceExample`` (context id/labels, feature lists rgb/audio)."""
+def serialize(video: SyntheticVideo, with_labels: bool = True, labels: np.ndarray | None = None) -> bytes:
+    """The video as a 2018 frame-level ``tf.SequenceExample`` (context id/labels, feature lists rgb/audio).
+
+    Args:
+        video: the video.
+        with_labels: write its labels (else an empty list, like the real test split).
+        labels: the labels to write instead of the true ones (label noise).
+    """
     example = example_proto.SequenceExample()
     example.context.feature["id"].bytes_list.value.append(video.video_id.encode())
-    labels = example.context.feature["labels"].int64_list
+    written = example.context.feature["labels"].int64_list
     if with_labels:
-        labels.value.extend(video.labels.tolist())
+        written.value.extend((video.labels if labels is None else labels).tolist())
     for key, array in (("rgb", video.rgb), ("audio", video.audio)):
         feature_list = example.feature_lists.feature_list[key]
         for frame in array:
@@ -312,6 +318,8 @@ def generate(
     seed: int = 0,
     unlabelled_test: bool = False,
     signal: SignalConfig = SignalConfig(),
+    missing_labels: float = 0.0,
+    spurious_labels: float = 0.0,
 ) -> dict[str, list[Path]]:
     """Write a synthetic YouTube-8M data set as 2018 frame-level TFRecords.
 
@@ -331,16 +339,28 @@ def generate(
         seed: everything drawn follows from it.
         unlabelled_test: write the test split with empty ``labels``, like the real test split.
         signal: strengths and lengths of the evidence.
+        missing_labels: label noise, as YouTube-8M's machine-made labels have: the probability that each true
+            label is left out of a train or validate record. The test split keeps every true label, so metrics
+            measure what the model learned of the truth. ``<split>_events.jsonl`` keeps the truth and the written
+            labels; ``label_noise.json`` the rates drawn.
+        spurious_labels: label noise: the expected number of wrong labels (Poisson) added to each train or
+            validate record, drawn uniformly from the classes the video does not have.
 
     Returns:
         The written shard paths of each split, in order.
     """
     counts = {"train": train_videos, "validate": validate_videos, "test": test_videos}
     _check_arguments(counts, num_classes, min_frames, max_frames, labels_per_video, shards_per_split)
+    if not 0 <= missing_labels < 1 or spurious_labels < 0:
+        raise DataError(
+            f"missing_labels={missing_labels} must be in [0, 1) and spurious_labels={spurious_labels} >= 0"
+        )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     world_rng, ids_rng, *split_rngs = np.random.default_rng(seed).spawn(2 + len(SPLITS))
+    # Its own stream: the same seed draws the same videos with or without label noise.
+    noise = LabelNoise(missing_labels, spurious_labels, num_classes, np.random.default_rng([seed, 1]))
     world = make_world(num_classes, world_rng, signal)
     ids = _unique_ids(ids_rng, sum(counts.values()))
 
@@ -352,31 +372,78 @@ def generate(
         lengths = rng.integers(min_frames, max_frames + 1, size=len(split_ids))
         num_labels = rng.integers(labels_per_video[0], labels_per_video[1] + 1, size=len(split_ids))
         with_labels = not (unlabelled_test and split == "test")
+        corrupt = noise if split != "test" and (missing_labels or spurious_labels) else None
         events: list[dict] = []
         written[split] = []
         for shard, part in enumerate(np.array_split(np.arange(len(split_ids)), shards_per_split)):
             # Videos are drawn while the shard is written, so memory holds one video, not a split.
             videos = (draw_video(world, rng, split_ids[i], int(lengths[i]), int(num_labels[i]), signal) for i in part)
             path = out / f"{split}{shard:04d}.tfrecord"
-            write_tfrecord(path, (_serialize_noting_events(v, with_labels, events) for v in videos))
+            write_tfrecord(path, (_serialize_noting_events(v, with_labels, events, corrupt) for v in videos))
             written[split].append(path)
         _write_jsonl(out / f"{split}_events.jsonl", events)
+    # Records say "2018" (3862 classes); this says the set's own vocabulary, for convert and the data module.
+    write_vocabulary(out, num_classes)
+    if missing_labels or spurious_labels:
+        (out / "label_noise.json").write_text(json.dumps(noise.rates(), indent=2) + "\n")
     return written
 
 
-def _serialize_noting_events(video: SyntheticVideo, with_labels: bool, events: list[dict]) -> bytes:
-    """Serialize ``video`` and append its ground truth (id, length, labels, intro, outro, events) to ``events``."""
+class LabelNoise:
+    """Corrupts the labels written to records (see ``generate``'s ``missing_labels`` and ``spurious_labels``),
+    counting what it did.
+
+    Args:
+        missing: probability that a true label is left out.
+        spurious: expected wrong labels added per record (Poisson).
+        num_classes: the vocabulary spurious labels are drawn from.
+        rng: its own random stream.
+    """
+
+    def __init__(self, missing: float, spurious: float, num_classes: int, rng: np.random.Generator) -> None:
+        self.missing, self.spurious, self.num_classes, self.rng = missing, spurious, num_classes, rng
+        self.true = self.dropped = self.added = self.records = 0
+
+    def __call__(self, labels: np.ndarray) -> np.ndarray:
+        """The labels to write for a video whose true labels are ``labels`` (sorted)."""
+        kept = labels[self.rng.random(len(labels)) >= self.missing] if self.missing else labels
+        others = np.setdiff1d(np.arange(self.num_classes), labels)
+        count = min(int(self.rng.poisson(self.spurious)), len(others)) if self.spurious else 0
+        added = self.rng.choice(others, count, replace=False) if count else np.empty(0, labels.dtype)
+        self.true += len(labels)
+        self.dropped += len(labels) - len(kept)
+        self.added += count
+        self.records += 1
+        return np.concatenate([kept, added]).astype(labels.dtype)
+
+    def rates(self) -> dict[str, float]:
+        """The noise as drawn: the share of true labels left out and the wrong labels per record (train and
+        validate splits)."""
+        return {
+            "missing_labels": self.dropped / max(self.true, 1),
+            "spurious_labels_per_video": self.added / max(self.records, 1),
+            "records": self.records,
+        }
+
+
+def _serialize_noting_events(
+    video: SyntheticVideo, with_labels: bool, events: list[dict], noise: LabelNoise | None = None
+) -> bytes:
+    """Serialize ``video`` (its labels through ``noise`` if given) and append its ground truth (id, length, labels,
+    written labels, intro, outro, events) to ``events``."""
+    written = noise(video.labels) if noise is not None else video.labels
     events.append(
         {
             "id": video.video_id,
             "num_frames": int(video.rgb.shape[0]),
             "labels": video.labels.tolist(),
+            "written_labels": written.tolist(),
             "intro": video.intro,
             "outro": video.outro,
             "events": [[e.label, e.start, e.end] for e in video.events],
         }
     )
-    return serialize(video, with_labels)
+    return serialize(video, with_labels, written)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

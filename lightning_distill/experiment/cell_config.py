@@ -1,4 +1,5 @@
-"""A cell's config: its role's base config with the grid's settings and the cell's own choices merged in.
+"""A cell's config: its role's and family's config parts with the grid's settings and the cell's own choices merged
+in.
 
 The result is one self-contained ``vdistill fit``/``test`` config (absolute paths, no reference to the base
 file), so ``vdistill fit --config <cell>/config.yaml`` reruns the cell by hand.
@@ -7,52 +8,20 @@ file), so ``vdistill fit --config <cell>/config.yaml`` reruns the cell by hand.
 from __future__ import annotations
 
 import copy
+from functools import reduce
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from lightning_distill.errors import ConfigError
-from lightning_distill.experiment.grid import Cell, Grid
+from lightning_distill.class_paths import class_path
+from lightning_distill.config_files import deep_merge, load_config
+from lightning_distill.experiment.grid import BASELINES, LOSS_TERMS, Cell, Grid
 from lightning_distill.experiment.layout import ExperimentLayout, checkpoint_path
 
 MODEL_CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
+EARLY_STOPPING = "lightning.pytorch.callbacks.EarlyStopping"
 CHECKPOINT_NAME = "best"
-SAMPLERS_MODULE = "lightning_distill.data.samplers"
-LOSS_CLASSES = {
-    "rep": "lightning_distill.training.losses.RepresentationLoss",
-    "rep_i": "lightning_distill.training.losses.IntermediateRepresentationLoss",
-    "pred": "lightning_distill.training.losses.PredictionLoss",
-    "ce": "lightning_distill.training.losses.ClassificationLoss",
-}
-
-
-def deep_merge(base: Any, override: Any) -> Any:
-    """``override`` merged into ``base`` (neither is changed): mappings merge key by key, anything else replaces.
-
-    A mapping that names a different ``class_path`` replaces the base's entirely, since the old class's
-    ``init_args`` would not fit the new class.
-    """
-    if not isinstance(base, dict) or not isinstance(override, dict):
-        return copy.deepcopy(override)
-    if "class_path" in override and override["class_path"] != base.get("class_path"):
-        return copy.deepcopy(override)
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        merged[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
-    return merged
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping, or ``ConfigError`` naming the file."""
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"cannot read base config {path} ({type(error).__name__}): fix or replace it") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"base config {path} is not a mapping of config sections: give a `vdistill fit` config")
-    return loaded
 
 
 def with_run_settings(config: dict[str, Any], run_name: str, seed: int, grid: Grid) -> dict[str, Any]:
@@ -72,6 +41,12 @@ def with_run_settings(config: dict[str, Any], run_name: str, seed: int, grid: Gr
         },
     ]
     trainer["callbacks"] = with_checkpoint(trainer.get("callbacks") or [])
+    if grid.patience is not None:
+        # Stop when the checkpoint's metric (the best validation GAP) stops improving: cells are compared at
+        # convergence, not at an arbitrary epoch.
+        monitor = trainer["callbacks"][-1].get("init_args", {}).get("monitor") or "val/gap"
+        early = {"monitor": monitor, "mode": "max", "patience": grid.patience}
+        trainer["callbacks"].insert(-1, {"class_path": EARLY_STOPPING, "init_args": early})
     return {**config, "seed_everything": seed, "trainer": trainer}
 
 
@@ -82,7 +57,7 @@ def with_checkpoint(callbacks: list[Any]) -> list[Any]:
     by validation, as a plain ``vdistill fit`` would keep); further ones are dropped. Without one, the latest
     weights are saved as ``best.ckpt``.
     """
-    kept = [c for c in callbacks if not _is_model_checkpoint(c)]
+    kept = [c for c in callbacks if not _is_model_checkpoint(c) and not _is_early_stopping(c)]
     base = next((c for c in callbacks if _is_model_checkpoint(c)), {"class_path": MODEL_CHECKPOINT})
     checkpoint = deep_merge(base, {"init_args": {"dirpath": None, "filename": CHECKPOINT_NAME}})
     return [*kept, checkpoint]
@@ -90,6 +65,10 @@ def with_checkpoint(callbacks: list[Any]) -> list[Any]:
 
 def _is_model_checkpoint(callback: Any) -> bool:
     return isinstance(callback, dict) and str(callback.get("class_path", "")).split(".")[-1] == "ModelCheckpoint"
+
+
+def _is_early_stopping(callback: Any) -> bool:
+    return isinstance(callback, dict) and str(callback.get("class_path", "")).split(".")[-1] == "EarlyStopping"
 
 
 @dataclass(frozen=True)
@@ -116,10 +95,10 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
         layout: the experiment's files.
         data: ``YT8MDataModule`` init args shared by every cell (the grid's, with the data files filled in).
     """
-    base = load_yaml(cell.base_config)
+    base = reduce(deep_merge, (load_config(path) for path in cell.base_configs), {})
     model: dict[str, Any] = {}
     if cell.sampler is not None:
-        model["sampler"] = {"class_path": f"{SAMPLERS_MODULE}.{cell.sampler}", "init_args": {"k": cell.k}}
+        model["sampler"] = {"class_path": class_path(BASELINES[cell.sampler]), "init_args": {"k": cell.k}}
     if cell.teacher is not None:
         model["teacher_checkpoint"] = str(layout.checkpoint(cell.teacher))
     # The data module is LightningCLI's fixed datamodule_class, so its arguments sit directly under ``data``.
@@ -131,7 +110,9 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
     if cell.variant is not None:
         # Set, not merged: the base's other terms must not survive into a smaller loss set.
         init_args = config["model"]["init_args"]
-        init_args["loss"] = loss_terms(cell.variant.losses, cell.variant.weights, init_args.get("loss") or {})
+        init_args["loss"] = loss_terms(
+            cell.variant.losses, cell.variant.weights, init_args.get("loss") or {}, cell.variant.options
+        )
 
     final = FitRun(
         layout.config(cell.name), layout.fit_dir(cell.name), with_run_settings(config, cell.name, cell.seed, grid)
@@ -154,20 +135,21 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
     ]
 
 
-def loss_terms(names: list[str], weights: dict[str, float], base_terms: dict[str, Any]) -> dict[str, Any]:
+def loss_terms(
+    names: list[str],
+    weights: dict[str, float],
+    base_terms: dict[str, Any],
+    options: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The ``loss`` argument of a student: one term per name, keeping the base config's settings of a term
-    (e.g. its weight or L_pred's distance) unless ``weights`` sets the weight."""
+    (e.g. its weight or L_pred's distance) unless ``weights`` sets the weight or ``options`` other settings."""
     terms = {}
     for name in names:
         term = base_terms.get(name)
-        if not isinstance(term, dict) or term.get("class_path") != LOSS_CLASSES[name]:
-            term = {"class_path": LOSS_CLASSES[name]}
-        if name in weights:
-            term = deep_merge(term, {"init_args": {"weight": weights[name]}})
+        if not isinstance(term, dict) or term.get("class_path") != class_path(LOSS_TERMS[name]):
+            term = {"class_path": class_path(LOSS_TERMS[name])}
+        settings = {**(options or {}).get(name, {}), **({"weight": weights[name]} if name in weights else {})}
+        if settings:
+            term = deep_merge(term, {"init_args": settings})
         terms[name] = term
     return terms
-
-
-def dump_yaml(config: dict[str, Any]) -> str:
-    """The YAML text a config is saved as (key order kept, so a saved config reads like the base)."""
-    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)

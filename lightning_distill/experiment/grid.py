@@ -11,37 +11,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_distill.data.samplers import FrameSampler
 from lightning_distill.errors import ConfigError
+from lightning_distill.training.losses import LossTerm
 
-# Baseline name -> (sampler class in lightning_distill.data.samplers, the paper's row label).
-BASELINES: dict[str, tuple[str, str]] = {
-    "uniform": ("UniformSampler", "Uniform-k"),
-    "random": ("RandomSampler", "Random-k"),
-    "first": ("FirstSampler", "First-k"),
-    "middle": ("MiddleSampler", "Middle-k"),
-    "last": ("LastSampler", "Last-k"),
-    "first_middle_last": ("FirstMiddleLastSampler", "First-Middle-Last-k"),
-}
+# The names a grid uses are the classes' own (one place per name): ``FrameSampler.registry`` for baselines,
+# ``LossTerm.registry`` for loss terms.
+BASELINES = FrameSampler.registry
+LOSS_TERMS = LossTerm.registry
 
-# Loss term name -> its symbol in the paper's tables. ``rep_i`` is L_rep^I (states at the student's frames).
-LOSS_TERMS: dict[str, str] = {"rep": "L_rep", "rep_i": "L_rep^I", "pred": "L_pred", "ce": "L_CE"}
 
-# Terms that only match representations: they send no gradient into the classifier head.
-REPRESENTATION_TERMS = {"rep", "rep_i"}
+def representation_terms() -> set[str]:
+    """The loss terms that only match representations: they send no gradient into the classifier head."""
+    return {key for key, term in LOSS_TERMS.items() if not term.trains_head}
+
 
 MODES = ("serial", "parallel")
 
 # The data module arguments that say where the data is; synthetic data fills them in.
 DATA_FILE_KEYS = ("train_files", "val_files", "test_files")
-
-# Base config file per role, formatted with the family: the lead's configs/ layout.
-ROLE_CONFIGS = {
-    "teacher": "teacher_{family}.yaml",
-    "baseline": "baseline_{family}.yaml",
-    "serial": "student_{family}.yaml",
-    "parallel": "parallel_{family}.yaml",
-}
-
 
 @dataclass
 class StudentVariant:
@@ -53,26 +41,31 @@ class StudentVariant:
             set of representation terms only (nothing trains the classifier) adds the paper's second stage:
             fine-tune the student and the teacher's classifier with L_CE.
         weights: optional weight per term (default: the base config's weights, else 1).
+        options: optional settings per term, e.g. ``{rep: {form: standardized}}`` (merged into its init_args).
+        tag: tells variants of the same mode and losses apart (``parallel-rep_pred_ce-std``); shown in the label.
     """
 
     mode: str
     losses: list[str]
     weights: dict[str, float] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tag: str = ""
 
     @property
     def slug(self) -> str:
         """Filesystem-safe id, e.g. ``serial-rep_pred_ce``."""
-        return f"{self.mode}-{'_'.join(self.losses)}"
+        return f"{self.mode}-{'_'.join(self.losses)}" + (f"-{self.tag}" if self.tag else "")
 
     @property
     def two_stage(self) -> bool:
         """Whether the paper's second (L_CE fine-tuning) stage follows: serial, and no term trains the head."""
-        return self.mode == "serial" and set(self.losses) <= REPRESENTATION_TERMS
+        return self.mode == "serial" and set(self.losses) <= representation_terms()
 
     @property
     def label(self) -> str:
         """The paper's row label, e.g. ``Serial L_rep, L_pred, L_CE``."""
-        return f"{self.mode.capitalize()} {', '.join(LOSS_TERMS[t] for t in self.losses)}"
+        label = f"{self.mode.capitalize()} {', '.join(LOSS_TERMS[t].symbol for t in self.losses)}"
+        return f"{label} ({self.tag})" if self.tag else label
 
 
 @dataclass
@@ -80,10 +73,11 @@ class Grid:
     """What to train and compare: a Table-1-shaped grid for one encoder family.
 
     Args:
-        family: encoder family as spelled in the base config names (``hrnn``, ``netvlad``, ``nextvlad``).
-        configs: directory with the base configs ``teacher_<family>.yaml``, ``baseline_<family>.yaml``,
-            ``student_<family>.yaml`` and ``parallel_<family>.yaml`` (e.g. ``configs`` or ``configs/tiny``;
-            relative to the working directory).
+        family: the family config part, ``<configs>/family/<family>.yaml`` (``hrnn``, ``netvlad-tiny``, ...).
+        configs: the folder of the config parts (``role/``, ``family/``, ``data/``); relative to the working
+            directory.
+        data_config: a data part under ``configs`` (e.g. ``data/yt8m.yaml``) stacked on every cell's config;
+            None when ``data`` or ``synthetic`` say where the data is.
         ks: student frame counts (the table's columns; paper: 6, 10, 15, 20, 30).
         baselines: models trained from scratch on k frames, by sampler: ``uniform``, ``random``, ``first``,
             ``middle``, ``last``, ``first_middle_last``.
@@ -97,11 +91,14 @@ class Grid:
         synthetic: when set, ``lightning_distill.data.synthetic.generate`` arguments: data is generated once into
             ``<output>/data`` and replaces the data files of ``data``.
         tsne_videos: test videos embedded in the teacher/student t-SNE plot (0 skips the plot).
+        patience: stop a cell when its monitored validation metric (GAP) has not improved for this many epochs
+            (``trainer.max_epochs`` is the cap); None trains every cell for max_epochs.
     """
 
     family: str
-    configs: str
     ks: list[int]
+    configs: str = "configs"
+    data_config: str | None = None
     baselines: list[str] = field(default_factory=lambda: ["uniform"])
     students: list[StudentVariant] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -110,6 +107,7 @@ class Grid:
     k_overrides: dict[int, dict[str, Any]] = field(default_factory=dict)
     synthetic: dict[str, Any] | None = None
     tsne_videos: int = 500
+    patience: int | None = None
 
 
 @dataclass(frozen=True)
@@ -122,8 +120,8 @@ class Cell:
         method: the report's row label (``Teacher``, ``Uniform-k``, ``Serial L_rep, L_CE``, ...).
         k: student frame count; None for the all-frames teacher.
         seed: the run's seed.
-        base_config: the base config file the cell's config starts from.
-        sampler: sampler class name in ``lightning_distill.data.samplers`` for k-frame models, else None.
+        base_configs: the config parts the cell's config starts from, merged in order.
+        sampler: the sampler's key (``FrameSampler.registry``) for k-frame models, else None.
         variant: the teacher-student recipe, for ``serial``/``parallel`` cells.
         teacher: name of the cell whose checkpoint a serial student distils from (it must finish first).
     """
@@ -133,7 +131,7 @@ class Cell:
     method: str
     k: int | None
     seed: int
-    base_config: Path
+    base_configs: tuple[Path, ...]
     sampler: str | None = None
     variant: StudentVariant | None = None
     teacher: str | None = None
@@ -165,15 +163,16 @@ def check_grid(grid: Grid) -> None:
     stray_ks = [k for k in grid.k_overrides if k not in grid.ks]
     if stray_ks:
         raise ConfigError(f"k_overrides for k={stray_ks} which are not in ks {grid.ks}: add them to ks or drop them")
+    if grid.patience is not None and grid.patience < 1:
+        raise ConfigError(f"patience={grid.patience}: give the epochs without improvement to wait (>= 1), or null")
     if grid.tsne_videos < 0:
         raise ConfigError(f"tsne_videos={grid.tsne_videos} is negative: pass 0 to skip the t-SNE plot")
     if grid.synthetic is not None and any(key in grid.data for key in DATA_FILE_KEYS):
         raise ConfigError("the grid sets both synthetic and data files: keep one (synthetic data fills the files)")
     for role in _roles(grid):
-        path = base_config_path(grid, role)
-        if not path.is_file():
-            raise ConfigError(f"base config {path} for the {role} cells does not exist: check family and configs")
-
+        for path in base_config_paths(grid, role):
+            if not path.is_file():
+                raise ConfigError(f"config part {path} for the {role} cells does not exist: check family and configs")
 
 
 def _check_variant(variant: StudentVariant) -> None:
@@ -186,9 +185,9 @@ def _check_variant(variant: StudentVariant) -> None:
         raise ConfigError(f"unknown loss terms {unknown} in {variant.slug}: choose from {', '.join(LOSS_TERMS)}")
     if len(set(variant.losses)) != len(variant.losses):
         raise ConfigError(f"{variant.slug} lists a loss term twice: list each once")
-    stray = [t for t in variant.weights if t not in variant.losses]
+    stray = [t for t in [*variant.weights, *variant.options] if t not in variant.losses]
     if stray:
-        raise ConfigError(f"weights for {stray} in {variant.slug} are not among its losses {variant.losses}")
+        raise ConfigError(f"weights or options for {stray} in {variant.slug} are not among its losses {variant.losses}")
 
 
 def _roles(grid: Grid) -> list[str]:
@@ -197,9 +196,12 @@ def _roles(grid: Grid) -> list[str]:
     return roles + sorted({variant.mode for variant in grid.students})
 
 
-def base_config_path(grid: Grid, role: str) -> Path:
-    """The base config file of ``role`` cells: ``<configs>/<role>_<family>.yaml``."""
-    return Path(grid.configs) / ROLE_CONFIGS[role].format(family=grid.family)
+def base_config_paths(grid: Grid, role: str) -> tuple[Path, ...]:
+    """The config parts of ``role`` cells: ``<configs>/role/<role>.yaml``, ``<configs>/family/<family>.yaml`` and
+    the grid's data part, if any."""
+    root = Path(grid.configs)
+    parts = [root / "role" / f"{role}.yaml", root / "family" / f"{grid.family}.yaml"]
+    return tuple(parts + ([root / grid.data_config] if grid.data_config else []))
 
 
 def expand_grid(grid: Grid) -> list[Cell]:
@@ -212,12 +214,12 @@ def expand_grid(grid: Grid) -> list[Cell]:
     cells: list[Cell] = []
     for seed in grid.seeds:
         teacher = f"teacher-s{seed}"
-        cells.append(Cell(teacher, "teacher", TEACHER_METHOD, None, seed, base_config_path(grid, "teacher")))
+        cells.append(Cell(teacher, "teacher", TEACHER_METHOD, None, seed, base_config_paths(grid, "teacher")))
         for k in grid.ks:
             for baseline in grid.baselines:
-                sampler, label = BASELINES[baseline]
-                path = base_config_path(grid, "baseline")
-                cells.append(Cell(f"{baseline}-k{k}-s{seed}", "baseline", label, k, seed, path, sampler=sampler))
+                label = BASELINES[baseline].label
+                path = base_config_paths(grid, "baseline")
+                cells.append(Cell(f"{baseline}-k{k}-s{seed}", "baseline", label, k, seed, path, sampler=baseline))
             for variant in grid.students:
                 cells.append(
                     Cell(
@@ -226,8 +228,8 @@ def expand_grid(grid: Grid) -> list[Cell]:
                         method=variant.label,
                         k=k,
                         seed=seed,
-                        base_config=base_config_path(grid, variant.mode),
-                        sampler=BASELINES["uniform"][0],  # the paper's students all see Uniform-k frames
+                        base_configs=base_config_paths(grid, variant.mode),
+                        sampler="uniform",  # the paper's students all see Uniform-k frames
                         variant=variant,
                         teacher=teacher if variant.mode == "serial" else None,
                     )
@@ -237,4 +239,4 @@ def expand_grid(grid: Grid) -> list[Cell]:
 
 def row_labels(grid: Grid) -> list[str]:
     """The report's rows in Table 1's order: baselines, then teacher-student variants, as listed in the grid."""
-    return [BASELINES[b][1] for b in grid.baselines] + [variant.label for variant in grid.students]
+    return [BASELINES[b].label for b in grid.baselines] + [variant.label for variant in grid.students]

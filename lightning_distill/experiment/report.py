@@ -87,6 +87,7 @@ def aggregate(names: list[str], metrics: dict[str, dict[str, float]]) -> dict[st
 
 
 def build_report(
+    layout: ExperimentLayout,
     grid: Grid,
     cells: list[Cell],
     metrics: dict[str, dict[str, float]],
@@ -118,7 +119,17 @@ def build_report(
             for c in costs
         ],
         "missing": [cell.name for cell in cells if cell.name not in metrics],
+        "epochs": {cell.name: _epochs(layout, cell) for cell in cells if cell.name in metrics},
     }
+
+
+def _epochs(layout: ExperimentLayout, cell: Cell) -> dict[str, int] | None:
+    """The epoch whose checkpoint was tested (best validation GAP; the student's in a Parallel cell) and the
+    epochs trained, from the cell's CSV log."""
+    epochs, values = _side_curve(layout.curves(cell.name), "student")
+    if not epochs:
+        return None
+    return {"best": epochs[max(range(len(values)), key=values.__getitem__)], "trained": max(epochs)}
 
 
 def render_markdown(report: dict[str, Any], figures: dict[str, str], command: str) -> str:
@@ -153,11 +164,19 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str], command: st
     ]
     if report["cost"]:
         lines += _cost_lines(report["cost"])
+    if any(report["epochs"].values()):
+        lines += _epoch_lines(report["epochs"])
     for title, name in figures.items():
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     if report["missing"]:
         lines += ["## Missing cells", "", "Not finished, shown as —: " + ", ".join(report["missing"]) + ".", ""]
     return "\n".join(lines)
+
+
+def _epoch_lines(epochs: dict[str, dict[str, int] | None]) -> list[str]:
+    """Each finished cell's tested (best) epoch out of the epochs it trained."""
+    shown = [f"{name} {e['best']}/{e['trained']}" for name, e in epochs.items() if e]
+    return ["## Epochs", "", "Tested epoch / epochs trained (best validation GAP): " + ", ".join(shown) + ".", ""]
 
 
 def table_section(markdown: str) -> str:
@@ -288,7 +307,7 @@ def write_report(
         tsne_figure: the t-SNE PNG already written into the experiment directory, if any.
     """
     metrics = finished_metrics(layout, cells)
-    report = build_report(grid, cells, metrics, costs)
+    report = build_report(layout, grid, cells, metrics, costs)
     figures = _draw_figures(layout, grid, cells, metrics, report)
     if tsne_figure is not None:
         figures["Teacher and student representations (t-SNE)"] = tsne_figure.name

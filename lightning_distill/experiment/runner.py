@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -25,10 +26,12 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from lightning_distill.data.synthetic import generate
 from lightning_distill.errors import ConfigError, VDistillError
-from lightning_distill.experiment.cell_config import FitRun, cell_configs, dump_yaml
+from lightning_distill.config_files import dump_yaml
+from lightning_distill.experiment.cell_config import FitRun, cell_configs
 from lightning_distill.experiment.grid import TEACHER_METHOD, Cell, Grid, expand_grid
 from lightning_distill.atomic_files import write_json_atomic
 from lightning_distill.experiment.layout import ExperimentLayout, read_json
@@ -192,6 +195,10 @@ def cell_commands(run: CellRun, layout: ExperimentLayout) -> list[list[str]]:
 def run_cells(runs: list[CellRun], layout: ExperimentLayout, slots: list[Slot]) -> list[str]:
     """Run the unfinished cells, at most one per slot at a time, each only after its teacher has finished.
 
+    The console shows one progress line (cells done, running, left, and an estimate of the time left from the
+    cells finished so far) and one line per finished or failed cell; each cell's commands and output go to its
+    ``log.txt``.
+
     Returns the names of the cells that failed, or were skipped because their teacher failed.
     """
     state = {run.cell.name: "done" if is_finished(run, layout) else "pending" for run in runs}
@@ -204,50 +211,107 @@ def run_cells(runs: list[CellRun], layout: ExperimentLayout, slots: list[Slot]) 
         console.print(f"{skipped} cell(s) already finished: skipped")
     free = list(slots)
     running: dict[Future[bool], tuple[CellRun, Slot]] = {}
-    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+    progress = CellProgress(len(pending), len(slots))
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool, progress:
         while pending or running:
             for run in list(pending):
                 teacher = state.get(run.cell.teacher) if run.cell.teacher else "done"
                 if teacher == "failed":
                     state[run.cell.name] = "failed"
                     pending.remove(run)
-                    console.print(f"[red]skipped[/red] {run.cell.name}: its teacher {run.cell.teacher} failed")
+                    progress.ended(run.cell.name, f"[red]skipped[/red] {run.cell.name}: its teacher failed", 0.0)
                 elif teacher == "done" and free:
                     slot = free.pop(0)
                     running[pool.submit(execute_cell, run, layout, slot)] = (run, slot)
                     pending.remove(run)
+                    progress.started(run.cell.name)
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 run, slot = running.pop(future)
                 free.append(slot)
-                state[run.cell.name] = "done" if future.result() else "failed"
+                ok, seconds = future.result()
+                state[run.cell.name] = "done" if ok else "failed"
+                log = layout.cell_dir(run.cell.name) / "log.txt"
+                line = f"[green]{run.cell.name}[/green] finished in {seconds:.0f} s" if ok else (
+                    f"[red]{run.cell.name} failed[/red]: see {log}"
+                )
+                progress.ended(run.cell.name, line, seconds)
     return [name for name, status in state.items() if status == "failed"]
 
 
-def execute_cell(run: CellRun, layout: ExperimentLayout, slot: Slot) -> bool:
-    """Fit and test one cell in subprocesses (output to ``<cell>/log.txt``); write ``done.json`` last."""
+class CellProgress:
+    """One rich progress line for the cells of a run: done / running / left, and the estimated time left.
+
+    Args:
+        total: cells to run.
+        slots: cells run at once (the estimate divides the remaining cells' time by it).
+    """
+
+    def __init__(self, total: int, slots: int) -> None:
+        self.total, self.slots = total, slots
+        self.running: list[str] = []
+        self.seconds: list[float] = []
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[eta]}"),
+            console=console, transient=True,
+        )
+        self._task = self._progress.add_task("cells", total=total, eta="")
+
+    def __enter__(self) -> CellProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(*exc)
+
+    def started(self, name: str) -> None:
+        self.running.append(name)
+        self._update()
+
+    def ended(self, name: str, line: str, seconds: float) -> None:
+        if name in self.running:
+            self.running.remove(name)
+            self.seconds.append(seconds)
+        self._progress.console.print(line, highlight=False)
+        self._progress.advance(self._task)
+        self._update()
+
+    def _update(self) -> None:
+        done = int(self._progress.tasks[0].completed)
+        left = self.total - done - len(self.running)
+        eta = ""
+        if self.seconds:
+            remaining = (left + len(self.running) / 2) * statistics.mean(self.seconds) / self.slots
+            eta = f"~{remaining / 60:.0f} min left"
+        description = f"cells: {len(self.running)} running ({', '.join(self.running)}), {left} waiting"
+        self._progress.update(self._task, description=description, eta=eta)
+
+
+def execute_cell(run: CellRun, layout: ExperimentLayout, slot: Slot) -> tuple[bool, float]:
+    """Fit and test one cell in subprocesses (commands and output to ``<cell>/log.txt``); write ``done.json``
+    last. Returns whether it succeeded and its seconds."""
     name = run.cell.name
     log_path = layout.cell_dir(name) / "log.txt"
     commands = [[*args, *slot.flags] for args in cell_commands(run, layout)]
     printed = [shown_command(args, slot) for args in commands]
-    console.print(f"[bold]{name}[/bold] started: {' && '.join(printed)}", soft_wrap=True, highlight=False)
     start = time.monotonic()
-    env = {**os.environ, **slot.env}
+    # Logs are files: no colours (rich sees no terminal by itself), and W&B's coloured banner left out (each
+    # command's own summary names its W&B run).
+    env = {**os.environ, **slot.env, "NO_COLOR": "1", "WANDB_SILENT": "true"}
     with open(log_path, "a") as log:
         for args in commands:
             log.write(f"$ {shown_command(args, slot)}\n")
             log.flush()
             process = subprocess.run([*VDISTILL, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
             if process.returncode != 0:
-                console.print(f"[red]{name} failed[/red] (exit {process.returncode}): see {log_path}", highlight=False)
-                return False
+                log.write(f"exit {process.returncode}\n")
+                return False, time.monotonic() - start
     seconds = time.monotonic() - start
     done = {"cell": name, "fingerprint": run.fingerprint, "seconds": seconds, "commands": printed}
     write_json_atomic(layout.done(name), done)
-    console.print(f"[green]{name}[/green] finished in {seconds:.0f} s", highlight=False)
-    return True
+    return True, seconds
 
 
 def shown_command(args: list[str], slot: Slot) -> str:

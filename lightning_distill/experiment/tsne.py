@@ -18,8 +18,8 @@ from lightning_distill.data.batch import FrameView
 from lightning_distill.data.datamodule import YT8MDataModule
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.samplers import FrameSampler
-from lightning_distill.experiment.cell_config import load_yaml
-from lightning_distill.experiment.grid import REPRESENTATION_TERMS, Cell, Grid
+from lightning_distill.config_files import load_config
+from lightning_distill.experiment.grid import Cell, Grid, representation_terms
 from lightning_distill.experiment.layout import ExperimentLayout
 from lightning_distill.experiment.plots import plot_tsne
 from lightning_distill.models.encoder import VideoEncoder
@@ -37,7 +37,7 @@ def pick_student(layout: ExperimentLayout, grid: Grid, cells: list[Cell]) -> Cel
     """The finished student to draw: first seed, largest k, serial before parallel, one trained with a
     representation term if there is one (that is what the figure checks)."""
     done = [c for c in cells if c.variant and c.seed == grid.seeds[0] and layout.done(c.name).is_file()]
-    done.sort(key=lambda c: (-c.k, c.role != "serial", not set(c.variant.losses) & REPRESENTATION_TERMS))
+    done.sort(key=lambda c: (-c.k, c.role != "serial", not set(c.variant.losses) & representation_terms()))
     return done[0] if done else None
 
 
@@ -97,7 +97,7 @@ def load_datamodule(config: Path) -> YT8MDataModule:
     parser = ArgumentParser()
     parser.add_class_arguments(YT8MDataModule, "data")
     # Read in this process: the figure embeds a few hundred videos, not worth starting loader workers.
-    parsed = parser.parse_object({"data": {**load_yaml(config).get("data", {}), "num_workers": 0}})
+    parsed = parser.parse_object({"data": {**load_config(config).get("data", {}), "num_workers": 0}})
     return parser.instantiate_classes(parsed).data
 
 

@@ -16,13 +16,18 @@ NeXtVLAD re-implementation::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_distill.errors import ConfigError
 from lightning_distill.training.outputs import ModelOutput
+
+# How L_rep and L_rep^I compare representations (see representation_loss).
+RepresentationForm = Literal["raw", "standardized", "cosine"]
+FORMS = ("raw", "standardized", "cosine")
 
 # The YouTube-8M starter code's epsilon in its cross-entropy (written there as 10e-6).
 CE_EPSILON = 1e-5
@@ -51,22 +56,46 @@ def classification_loss(probs: Tensor, labels: Tensor) -> Tensor:
         return -per_class.sum(dim=1).mean()
 
 
-def representation_loss(e_teacher: Tensor, e_student: Tensor) -> Tensor:
-    """L_rep (paper eq. 2): ``||E_T - E_S||^2`` summed over the E dims, averaged over the B videos.
+def representation_loss(e_teacher: Tensor, e_student: Tensor, form: RepresentationForm = "raw") -> Tensor:
+    """L_rep (paper eq. 2), averaged over the B videos, in one of three forms:
+
+    - ``"raw"``, the paper's: ``||E_T - E_S||^2`` summed over the E dims. Its scale is the representation's:
+      it grows with E (4096 for the paper's H-RNN, 32 for a tiny one) and with the magnitude of its values (H-RNN's
+      are LSTM cell states, unbounded), so a sensible weight differs by family and size.
+    - ``"standardized"``: every dimension's difference divided by the teacher's standard deviation of that
+      dimension over the batch (``teacher_scale``), squared and averaged over the E dims: 0 when the student matches,
+      about 2 when it is unrelated (independent, equally spread), whatever the family, size or value range.
+    - ``"cosine"``: ``1 - cos(E_T, E_S)``, in [0, 2]: direction only.
 
     Args:
         e_teacher: (B, E) teacher representation (detached here).
         e_student: (B, E) student representation.
+        form: ``"raw"``, ``"standardized"`` or ``"cosine"``.
     """
+    form = _checked_form(form)
     with _float32_context(e_student):
-        return (e_teacher.detach().float() - e_student.float()).pow(2).sum(dim=1).mean()
+        e_t, e_s = e_teacher.detach().float(), e_student.float()
+        if form == "raw":
+            return (e_t - e_s).pow(2).sum(dim=1).mean()
+        if form == "standardized":
+            return ((e_t - e_s) / teacher_scale(e_t)).pow(2).mean(dim=1).mean()
+        return (1 - F.cosine_similarity(e_s, e_t, dim=1)).mean()
+
+
+def teacher_scale(values: Tensor) -> Tensor:
+    """(N, E) teacher values -> (E,) per-dimension standard deviation over the N rows, floored at 1% of the mean
+    one (plus a tiny constant), so a dimension the batch happens to keep constant does not blow the loss up."""
+    std = values.std(dim=0, unbiased=False) if len(values) > 1 else values.abs().mean(dim=0)
+    return std.clamp(min=0.01 * float(std.mean()) + 1e-8)
 
 
 def intermediate_representation_loss(
-    i_teacher: Tensor, i_student: Tensor, student_positions: Tensor, mask: Tensor
+    i_teacher: Tensor, i_student: Tensor, student_positions: Tensor, mask: Tensor, form: RepresentationForm = "raw"
 ) -> Tensor:
-    """L_rep^I (paper eq. 3): squared error between the teacher's and the student's state at each frame the
-    student saw, summed over the H dims and the student's frames, averaged over the B videos.
+    """L_rep^I (paper eq. 3): the distance between the teacher's and the student's state at each frame the
+    student saw, summed over the student's frames, averaged over the B videos. Per frame, as ``representation_loss``
+    per video: ``"raw"`` sums squared errors over the H dims (the paper's), ``"standardized"`` scales each dim by
+    the teacher's spread over the batch's real frames and averages, ``"cosine"`` is ``1 - cos``.
 
     The teacher's view must be the all-frames view, whose slot t holds frame t, so the teacher's state for the
     student's frame f is slot f.
@@ -76,13 +105,22 @@ def intermediate_representation_loss(
         i_student: (B, K, H) student state per slot.
         student_positions: (B, K) long, the frame index of each student slot, -1 at padding.
         mask: (B, K) bool, True where the student slot holds a real frame.
+        form: ``"raw"``, ``"standardized"`` or ``"cosine"``.
     """
+    form = _checked_form(form)
     with _float32_context(i_student):
         # Padding (-1) reads slot 0 and is then zeroed by the mask.
         index = student_positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, i_teacher.shape[-1])
         teacher_at_student = i_teacher.detach().float().gather(1, index)
-        per_slot = (teacher_at_student - i_student.float()).pow(2).sum(dim=-1) * mask.float()
-        return per_slot.sum(dim=1).mean()
+        student = i_student.float()
+        if form == "raw":
+            per_slot = (teacher_at_student - student).pow(2).sum(dim=-1)
+        elif form == "standardized":
+            scale = teacher_scale(teacher_at_student[mask])
+            per_slot = ((teacher_at_student - student) / scale).pow(2).mean(dim=-1)
+        else:
+            per_slot = 1 - F.cosine_similarity(student, teacher_at_student, dim=-1)
+        return (per_slot * mask.float()).sum(dim=1).mean()
 
 
 def _temper(probs: Tensor, temperature: float) -> Tensor:
@@ -134,9 +172,23 @@ class LossTerm(nn.Module, ABC):
         teacher_outputs: the ``ModelOutput`` fields of the teacher the term reads (empty: it needs no teacher).
             A term that reads only video-level outputs (``representation``, ``probabilities``) can be trained
             from a teacher's cached targets.
+        key: the term's name in losses and experiment grids (``losses: [rep, pred, ce]``); a subclass that sets
+            it is registered in ``LossTerm.registry``.
+        symbol: its symbol in the paper's tables, e.g. ``L_rep``.
+        trains_head: whether its gradient reaches the classifier head (terms on the student's probabilities do;
+            representation terms do not, hence the paper's second, L_CE stage after L_rep alone).
     """
 
     teacher_outputs: frozenset[str] = frozenset()
+    key: ClassVar[str | None] = None
+    symbol: ClassVar[str] = ""
+    trains_head: ClassVar[bool] = True
+    registry: ClassVar[dict[str, type[LossTerm]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("key"):
+            LossTerm.registry[cls.key] = cls
 
     @property
     def needs_teacher(self) -> bool:
@@ -167,21 +219,35 @@ class ClassificationLoss(LossTerm):
         weight: multiplies the term in the total.
     """
 
+    key = "ce"
+    symbol = "L_CE"
+
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> Tensor:
         return classification_loss(student.probabilities, labels)
 
 
 class RepresentationLoss(LossTerm):
-    """L_rep: squared distance between the teacher's and the student's video representations.
+    """L_rep: distance between the teacher's and the student's video representations (see
+    ``representation_loss``).
 
     Args:
         weight: multiplies the term in the total.
+        form: ``"raw"`` (the paper's sum of squares, whose scale depends on the encoder), ``"standardized"``
+            (per-dimension, by the teacher's spread: weight 1 means the same for every family) or ``"cosine"``.
     """
+
+    key = "rep"
+    symbol = "L_rep"
+    trains_head = False
 
     teacher_outputs = frozenset({"representation"})
 
+    def __init__(self, weight: float = 1.0, form: RepresentationForm = "raw") -> None:
+        super().__init__(weight)
+        self.form = _checked_form(form)
+
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> Tensor:
-        return representation_loss(teacher.representation, student.representation)
+        return representation_loss(teacher.representation, student.representation, self.form)
 
 
 class IntermediateRepresentationLoss(LossTerm):
@@ -192,9 +258,18 @@ class IntermediateRepresentationLoss(LossTerm):
 
     Args:
         weight: multiplies the term in the total.
+        form: ``"raw"``, ``"standardized"`` or ``"cosine"``, as for ``RepresentationLoss``.
     """
 
+    key = "rep_i"
+    symbol = "L_rep^I"
+    trains_head = False
+
     teacher_outputs = frozenset({"intermediate"})
+
+    def __init__(self, weight: float = 1.0, form: RepresentationForm = "raw") -> None:
+        super().__init__(weight)
+        self.form = _checked_form(form)
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> Tensor:
         if student.intermediate is None or teacher.intermediate is None:
@@ -203,7 +278,7 @@ class IntermediateRepresentationLoss(LossTerm):
                 "use an encoder that returns them (HRNN) or drop the term"
             )
         return intermediate_representation_loss(
-            teacher.intermediate, student.intermediate, student.positions, student.mask
+            teacher.intermediate, student.intermediate, student.positions, student.mask, self.form
         )
 
 
@@ -215,6 +290,9 @@ class PredictionLoss(LossTerm):
         distance: ``"kl"`` (KL of class-normalised probabilities, the authors' code) or ``"squared"``.
         temperature: T; both sides become ``sigmoid(logit(p) / T)`` first (T > 1 softer, T < 1 sharper).
     """
+
+    key = "pred"
+    symbol = "L_pred"
 
     teacher_outputs = frozenset({"probabilities"})
 
@@ -231,6 +309,12 @@ class PredictionLoss(LossTerm):
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> Tensor:
         return prediction_loss(teacher.probabilities, student.probabilities, self.distance, self.temperature)
+
+
+def _checked_form(form: str) -> str:
+    if form not in FORMS:
+        raise ConfigError(f"representation form must be one of {', '.join(FORMS)}, got {form!r}")
+    return form
 
 
 class DistillLoss(nn.Module):
