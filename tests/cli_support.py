@@ -67,5 +67,5 @@ def teacher_checkpoint(student_config: str, root: Path, tmp_path: Path, folder: 
     teacher = CONFIGS / folder / student_config.replace("student_", "teacher_")
     run_ok(["fit", f"--config={teacher}", *data_args(root, tmp_path / "stores"), "--trainer.max_epochs=1",
             "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
-    (checkpoint,) = tmp_path.glob("runs/teacher_*/latest/checkpoints/last.ckpt")
+    (checkpoint,) = tmp_path.glob("runs/tiny/teacher_*/latest/checkpoints/last.ckpt")
     return checkpoint

@@ -186,14 +186,14 @@ def test_frame_views_per_stage(teacher_ckpt):
     for stage in ("fit", "validate", "test", "predict"):
         assert teacher.frame_views(stage) == {"teacher": uniform}
 
-    student = StudentModule(hrnn(), str(teacher_ckpt), NUM_CLASSES, sampler=uniform, teacher_sampler=all_frames)
+    student = StudentModule(hrnn(), NUM_CLASSES, str(teacher_ckpt), sampler=uniform, teacher_sampler=all_frames)
     assert student.frame_views("fit") == {"teacher": all_frames, "student": uniform}
     for stage in ("validate", "test", "predict"):
         assert student.frame_views(stage) == {"student": uniform}
-    ce_only = StudentModule(hrnn(), None, NUM_CLASSES, sampler=uniform, loss={"ce": ClassificationLoss()})
+    ce_only = StudentModule(hrnn(), NUM_CLASSES, None, sampler=uniform, loss={"ce": ClassificationLoss()})
     assert ce_only.frame_views("fit") == {"student": uniform}
 
-    parallel = DistillModule(hrnn(), hrnn(), NUM_CLASSES, sampler=uniform, teacher_sampler=all_frames)
+    parallel = DistillModule(hrnn(), NUM_CLASSES, hrnn(), sampler=uniform, teacher_sampler=all_frames)
     for stage in ("fit", "validate", "test"):
         assert parallel.frame_views(stage) == {"teacher": all_frames, "student": uniform}
     assert parallel.frame_views("predict") == {"student": uniform}
@@ -215,8 +215,8 @@ def test_serial_student_keeps_teacher_frozen_and_starts_from_its_head(teacher_ck
     # L_rep alone gives the head no gradient: after fitting it must still be the teacher's head exactly.
     student = StudentModule(
         hrnn(block_length=2),
-        str(teacher_ckpt),
         NUM_CLASSES,
+        str(teacher_ckpt),
         sampler=UniformSampler(4),
         loss={"rep": RepresentationLoss()},
     )
@@ -237,7 +237,7 @@ def test_serial_student_checkpoint_has_no_teacher_and_evaluates_without_it(teach
     teacher_copy = tmp_path / "teacher.ckpt"
     teacher_copy.write_bytes(teacher_ckpt.read_bytes())
     data = TinyVideos()
-    student = StudentModule(hrnn(block_length=2), str(teacher_copy), NUM_CLASSES, sampler=UniformSampler(4))
+    student = StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_copy), sampler=UniformSampler(4))
     t = trainer(max_steps=3)
     t.fit(student, datamodule=data)
     student_ckpt = tmp_path / "student.ckpt"
@@ -263,7 +263,7 @@ def test_serial_student_checkpoint_has_no_teacher_and_evaluates_without_it(teach
 def test_serial_student_resumes_from_its_checkpoint(teacher_ckpt, tmp_path):
     torch.manual_seed(0)
     data = TinyVideos()
-    make = lambda: StudentModule(hrnn(), str(teacher_ckpt), NUM_CLASSES, sampler=UniformSampler(8))  # noqa: E731
+    make = lambda: StudentModule(hrnn(), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(8))  # noqa: E731
     first_module, first = make(), trainer(max_steps=2)
     first.fit(first_module, datamodule=data)
     path = tmp_path / "student.ckpt"
@@ -291,7 +291,7 @@ def test_two_stage_rep_recipe(teacher_ckpt, tmp_path):
     torch.manual_seed(0)
     data = TinyVideos()
     stage1 = StudentModule(
-        hrnn(block_length=2), str(teacher_ckpt), NUM_CLASSES, sampler=UniformSampler(4),
+        hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4),
         loss={"rep": RepresentationLoss()},
     )
     t1 = trainer(max_steps=3)
@@ -300,7 +300,7 @@ def test_two_stage_rep_recipe(teacher_ckpt, tmp_path):
     t1.save_checkpoint(stage1_path)
 
     stage2 = StudentModule(
-        hrnn(block_length=2), None, NUM_CLASSES, sampler=UniformSampler(4),
+        hrnn(block_length=2), NUM_CLASSES, None, sampler=UniformSampler(4),
         loss={"ce": ClassificationLoss()}, init_from=str(stage1_path),
     )
     assert stage2.frame_views("fit") == {"student": stage2.sampler}
@@ -326,7 +326,7 @@ def test_two_stage_rep_recipe(teacher_ckpt, tmp_path):
     ids=["family", "size"],
 )
 def test_student_of_another_architecture_is_a_config_error(teacher_ckpt, student_encoder, names):
-    student = StudentModule(student_encoder(), str(teacher_ckpt), NUM_CLASSES, sampler=UniformSampler(8))
+    student = StudentModule(student_encoder(), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(8))
     with pytest.raises(ConfigError) as error:
         trainer().fit(student, datamodule=TinyVideos())
     message = str(error.value)
@@ -335,14 +335,14 @@ def test_student_of_another_architecture_is_a_config_error(teacher_ckpt, student
 
 
 def test_student_head_of_another_kind_is_a_config_error(teacher_ckpt):
-    student = StudentModule(hrnn(), str(teacher_ckpt), NUM_CLASSES, sampler=UniformSampler(8), head=MoEHead)
+    student = StudentModule(hrnn(), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(8), head=MoEHead)
     with pytest.raises(ConfigError, match="LogisticHead head .* MoEHead"):
         trainer().fit(student, datamodule=TinyVideos())
 
 
 def test_k_not_a_multiple_of_the_block_length_is_a_config_error():
     with pytest.raises(ConfigError) as error:
-        StudentModule(hrnn(block_length=3), None, NUM_CLASSES, sampler=UniformSampler(10),
+        StudentModule(hrnn(block_length=3), NUM_CLASSES, None, sampler=UniformSampler(10),
                       loss={"ce": ClassificationLoss()})
     assert str(error.value) == (
         "k=10 is not a multiple of the student's HRNN block_length=3: use block_length 5 or 2, or k 9 or 12"
@@ -357,12 +357,12 @@ def test_k_beyond_the_data_max_frames_is_a_config_error():
 
 def test_loss_needing_a_teacher_without_one_is_a_config_error():
     with pytest.raises(ConfigError, match="rep, pred compare with the teacher"):
-        StudentModule(hrnn(), None, NUM_CLASSES, sampler=UniformSampler(8))
+        StudentModule(hrnn(), NUM_CLASSES, None, sampler=UniformSampler(8))
 
 
 def test_intermediate_loss_needs_an_all_frames_teacher():
     with pytest.raises(ConfigError, match="AllFramesSampler"):
-        DistillModule(hrnn(), hrnn(), NUM_CLASSES, sampler=UniformSampler(4),
+        DistillModule(hrnn(), NUM_CLASSES, hrnn(), sampler=UniformSampler(4),
                       teacher_sampler=UniformSampler(8), loss={"rep_i": IntermediateRepresentationLoss()})
 
 
@@ -375,7 +375,7 @@ def teacher_encoder_grads(module: DistillModule, batch: VideoBatch, loss_name: s
 def test_parallel_teacher_gets_no_gradient_from_the_student_losses():
     torch.manual_seed(0)
     module = DistillModule(
-        hrnn(block_length=2), hrnn(), NUM_CLASSES, sampler=UniformSampler(4),
+        hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4),
         loss={"rep": RepresentationLoss(), "rep_i": IntermediateRepresentationLoss(), "pred": PredictionLoss(),
               "ce": ClassificationLoss()},
     )
@@ -392,7 +392,7 @@ def test_parallel_teacher_gets_no_gradient_from_the_student_losses():
 
 def test_parallel_logs_both_models():
     torch.manual_seed(0)
-    module = DistillModule(hrnn(block_length=2), hrnn(), NUM_CLASSES, sampler=UniformSampler(4))
+    module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4))
     t = trainer(max_steps=3, limit_val_batches=None, max_epochs=1)
     t.fit(module, datamodule=TinyVideos())
     logged = set(t.callback_metrics)
@@ -409,7 +409,7 @@ class Diverging(LossTerm):
 
 
 def test_diverged_term_is_named():
-    module = DistillModule(hrnn(block_length=2), hrnn(), NUM_CLASSES, sampler=UniformSampler(4),
+    module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4),
                            loss={"ce": ClassificationLoss(), "blowup": Diverging()})
     with pytest.raises(ConfigError, match=r"loss term 'blowup' \(train/student/loss/blowup\) became inf at step 0: "
                                           "lower its weight or the learning rate"):

@@ -22,7 +22,7 @@ def test_reruns_never_replace_an_earlier_run(synthetic_tfrecords, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.yaml").write_text("# a config of the user's own\n")
     data = data_args(synthetic_tfrecords, tmp_path / "stores")  # logger: false, as the probe
-    runs = tmp_path / "runs" / "teacher_tiny_hrnn"
+    runs = tmp_path / "runs" / "tiny" / "teacher_hrnn"
 
     run_ok(["fit", TEACHER, *data, *SHORT_FIT])
     first = runs / "fit_0" / "checkpoints" / "best.ckpt"

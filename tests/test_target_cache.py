@@ -154,7 +154,7 @@ def student_losses(checkpoint, synthetic, tmp_path, mode: str, batch_size: int, 
     dm = YT8MDataModule(train_files=f"{synthetic}/train*.tfrecord", store_dir=str(tmp_path / "stores"),
                         num_classes=SYNTHETIC_CLASSES, batch_size=batch_size, max_frames=40, val_fraction=0.0,
                         reader_threads=0)
-    student = StudentModule(HRNN(hidden_size=32, num_layers=2, block_length=3), str(checkpoint), SYNTHETIC_CLASSES,
+    student = StudentModule(HRNN(hidden_size=32, num_layers=2, block_length=3), SYNTHETIC_CLASSES, str(checkpoint),
                             sampler=UniformSampler(6), head=MoEHead, teacher_targets=mode,
                             loss=loss or {"rep": RepresentationLoss(0.1), "pred": PredictionLoss(), "ce": ClassificationLoss()})
     recorder = StepLosses()

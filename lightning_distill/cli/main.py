@@ -60,9 +60,11 @@ def main(args: Sequence[str] | None = None) -> None:
         if module.__name__ == MODEL_COMMANDS:
             module.run(None if args is None else argv)
         else:
-            from jsonargparse import CLI
+            from jsonargparse import auto_cli
 
-            CLI({command: getattr(module, command)}, args=argv)
+            from lightning_distill.cli.parsing import PlainParser
+
+            auto_cli({command: getattr(module, command)}, args=argv, parser_class=PlainParser)
     except VDistillError as error:
         _fail(str(error))
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,23 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from lightning_distill.cli.display import ModelSummary, ProgressBar
 from lightning_distill.cli.outputs import fit_outputs, write_into
+from lightning_distill.cli.parsing import ConciseErrors
+from lightning_distill.config_files import expand_composed
 from lightning_distill.cli.summary import print_summary
-from lightning_distill.cli.run_directory import RUN_DIR_ENV, choose_run_directory, default_run_name, link_latest
+from lightning_distill.cli.run_directory import (
+    RUN_DIR_ENV,
+    RUNS_ROOT,
+    choose_run_directory,
+    default_run_name,
+    default_teacher_checkpoint,
+    link_latest,
+)
 from lightning_distill.cli.trainer import VDistillTrainer
-from lightning_distill.data.datamodule import YT8MDataModule
+from lightning_distill.data.datamodule import SPLITS, YT8MDataModule, find_num_classes
+from lightning_distill.data.yt8m import NUM_CLASSES
+from lightning_distill.errors import VDistillError
 from lightning_distill.evaluation.cost_callback import CostProfileLogger
 from lightning_distill.evaluation.predictions import KagglePredictionWriter
 from lightning_distill.evaluation.report import print_metrics, write_metrics_json
@@ -61,11 +74,21 @@ class LoggedConfig(SaveConfigCallback):
             trainer.logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False)})
 
 
+class ModelParser(ConciseErrors, LightningArgumentParser):
+    """The model commands' parser: no abbreviations, one-line errors with a "did you mean"."""
+
+
 class VDistillCLI(LightningCLI):
     """LightningCLI wired for vdistill: the data module's class count feeds the model, and ``profile`` and
     ``test`` print readable reports."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
+        # Configs that compose parts (config_files.py) are merged first. Without args LightningCLI reads sys.argv
+        # itself (and warns if given both), and Lightning's DDP launcher reruns it: expanded there.
+        if args is None:
+            sys.argv[1:] = expand_composed(sys.argv[1:])
+        else:
+            args = expand_composed(args)
         super().__init__(
             model_class=VideoClassifierModule,
             subclass_mode_model=True,
@@ -73,6 +96,7 @@ class VDistillCLI(LightningCLI):
             trainer_class=VDistillTrainer,
             trainer_defaults={"logger": DEFAULT_LOGGER, "callbacks": [CostProfileLogger()]},
             save_config_callback=LoggedConfig,
+            parser_class=ModelParser,
             parser_kwargs={"description": "vdistill model commands (`vdistill --help` lists every command)."},
             args=args,
             **kwargs,
@@ -84,6 +108,12 @@ class VDistillCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.add_argument(
+            "--runs_root",
+            type=str,
+            default=RUNS_ROOT,
+            help="folder of the runs/<run_name>/<command>_<n> run directories (and of a student's default teacher).",
+        )
         parser.add_argument(
             "--run_name",
             type=str | None,
@@ -128,11 +158,16 @@ class VDistillCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
-        """Direct every file the command writes into its run directory (``cli/run_directory.py``)."""
+        """Direct every file the command writes into its run directory (``cli/run_directory.py``), and show what a
+        user needs while it runs (``cli/display.py``)."""
         # Built with run=False (from Python) there is no subcommand; the caller usually fits next.
         config = self.config[self.subcommand] if self.subcommand else self.config
+        displays = [ProgressBar()] if config.trainer.enable_progress_bar is not False else []
+        displays += [ModelSummary()] if config.trainer.enable_model_summary is not False else []
+        self.trainer_defaults["callbacks"] = [CostProfileLogger(), *displays]
         self.run_dir = choose_run_directory(
             self.subcommand or "fit",
+            runs_root=config.runs_root,
             run_name=config.run_name or default_run_name(config.model),
             run_dir=config.run_dir,
             overwrite=config.overwrite,
@@ -140,6 +175,9 @@ class VDistillCLI(LightningCLI):
             rank_zero=rank_zero_only.rank == 0,
         )
         write_into(config, self.run_dir)
+        student = config.model.init_args
+        if str(config.model.class_path).endswith("StudentModule") and not (student.teacher_checkpoint or student.init_from):
+            student.teacher_checkpoint = str(default_teacher_checkpoint(config.runs_root, config.model))
         if self.subcommand:
             # For the ranks Lightning launches (they rerun this command line): this run, not a new one. main()
             # takes it back when the command ends.
@@ -151,6 +189,8 @@ class VDistillCLI(LightningCLI):
             config.predictions = config.predictions or str(self.run_dir / "predictions.csv")
         if self.subcommand == "export":
             config.trainer.logger = False  # nothing to log: the file and its check are the result
+        if self.subcommand == "profile" and config.data.num_classes is None:
+            config.data.num_classes = _profiled_classes(config.data)
 
     def before_predict(self) -> None:
         self.trainer.callbacks.append(KagglePredictionWriter(self._get(self.config, "predictions")))
@@ -185,7 +225,17 @@ class VDistillCLI(LightningCLI):
         print_summary(command, {"metrics": path, "run": self.run_dir})
 
 
+def _profiled_classes(data: Namespace) -> int:
+    """``profile`` needs no data, only a class count: the data's if it is there, else YouTube-8M 2018's; says which."""
+    sources = {split: data.get(f"{split}_files") for split in SPLITS}
+    try:
+        count, origin = find_num_classes(sources, data.store_dir, verify_crc=data.verify_crc), "from the data"
+    except VDistillError:
+        count, origin = NUM_CLASSES["2018"], "YouTube-8M 2018's vocabulary: no data found (set --data.num_classes)"
+    print(f"classes: {count:,}, {origin}")
+    return count
+
+
 def run(args: Sequence[str] | None) -> None:
     """Run one model command (``args`` as after ``vdistill``; None reads ``sys.argv``)."""
-    # LightningCLI reads sys.argv itself and warns if given both.
     VDistillCLI(args=args)

@@ -4,15 +4,15 @@ Every ``fit``/``validate``/``test``/``predict``/``profile`` writes all its files
 checkpoints, logs, W&B offline run, metrics JSON, predictions CSV) into one directory:
 
 * ``--run_dir DIR``: that directory. It must be new or empty unless ``--overwrite true``.
-* otherwise ``runs/<run_name>/<command>_<n>``, n one more than the highest there (``fit_0``, ``fit_1``, ...,
-  ``test_0``); ``run_name`` comes from the config (e.g. ``teacher_tiny_hrnn``) or from the model: role, encoder
-  family and k (``student_hrnn_k6``).
+* otherwise ``<runs_root>/<run_name>/<command>_<n>``, n one more than the highest there (``fit_0``, ``fit_1``,
+  ..., ``test_0``); ``runs_root`` is ``runs`` (the tiny family configs say ``runs/tiny``), ``run_name`` comes from
+  the config or from the model: role, encoder family and k (``teacher_hrnn``, ``student_hrnn_k6``).
 * a ``fit`` resumed from a checkpoint of a run (``--ckpt_path runs/x/fit_2/checkpoints/last.ckpt``) continues in
   that run's directory.
 
-After a finished fit, ``runs/<run_name>/latest`` points at its directory, so a student's config can name
-``runs/teacher_tiny_hrnn/latest/checkpoints/best.ckpt`` and get the newest teacher without any earlier
-teacher's checkpoint having been replaced.
+After a finished fit, ``<runs_root>/<run_name>/latest`` points at its directory. A Serial student whose config
+names no teacher gets ``<runs_root>/teacher_<family>/latest/checkpoints/best.ckpt`` (``teacher_checkpoint``): the
+newest teacher of its family, without any earlier teacher's checkpoint having been replaced.
 
 Distributed runs: the process that parses the command line first (global rank 0) chooses and creates the
 directory and hands it to the processes Lightning launches through ``VDISTILL_RUN_DIR``. Under an external
@@ -29,7 +29,7 @@ from typing import Any
 
 from lightning_distill.errors import ConfigError
 
-RUNS_ROOT = Path("runs")
+RUNS_ROOT = "runs"
 LATEST = "latest"
 RUN_DIR_ENV = "VDISTILL_RUN_DIR"
 # Module class -> role in a run's default name; a TeacherModule seeing k frames is a baseline.
@@ -39,6 +39,7 @@ _ROLES = {"TeacherModule": "teacher", "StudentModule": "student", "DistillModule
 def choose_run_directory(
     command: str,
     *,
+    runs_root: str,
     run_name: str,
     run_dir: str | None,
     overwrite: bool,
@@ -49,7 +50,8 @@ def choose_run_directory(
 
     Args:
         command: the subcommand, e.g. "fit".
-        run_name: the runs/<run_name> folder of automatically numbered runs.
+        runs_root: the folder of every run name's folder.
+        run_name: the <runs_root>/<run_name> folder of automatically numbered runs.
         run_dir: an explicit directory, or None.
         overwrite: allow an explicit ``run_dir`` that already holds files.
         ckpt_path: the command's checkpoint; a fit resumed from a run's checkpoint continues in that run.
@@ -72,7 +74,7 @@ def choose_run_directory(
                 "choose another --run_dir (or none: runs/<run_name>/<command>_<n> is new every time)"
             )
     else:
-        path = _next_numbered(RUNS_ROOT / run_name, command, create=rank_zero)
+        path = _next_numbered(Path(runs_root) / run_name, command, create=rank_zero)
     if rank_zero:
         path.mkdir(parents=True, exist_ok=True)
     return path
@@ -82,12 +84,25 @@ def default_run_name(model: Any) -> str:
     """``<role>_<family>[_k<k>]`` from the parsed ``model`` config, e.g. ``teacher_hrnn``, ``student_netvlad_k6``."""
     class_name = str(_get(model, "class_path") or "model").rsplit(".", 1)[-1]
     init_args = _get(model, "init_args")
-    family = str(_get(_get(init_args, "encoder"), "class_path") or "").rsplit(".", 1)[-1].lower()
     k = _get(_get(_get(init_args, "sampler"), "init_args"), "k")
     role = _ROLES.get(class_name, class_name.lower())
     if role == "teacher" and k is not None:
         role = "baseline"
-    return "_".join(part for part in (role, family, f"k{k}" if k is not None else "") if part)
+    return "_".join(part for part in (role, family_of(model), f"k{k}" if k is not None else "") if part)
+
+
+def family_of(model: Any) -> str:
+    """The encoder family's key (``VideoEncoder.registry``) of a parsed ``model`` config, else its class's name."""
+    from lightning_distill.models.encoder import VideoEncoder  # the registry fills as the models are imported
+
+    path = str(_get(_get(_get(model, "init_args"), "encoder"), "class_path") or "")
+    name = path.rsplit(".", 1)[-1]
+    return next((key for key, cls in VideoEncoder.registry.items() if cls.__name__ == name), name.lower())
+
+
+def default_teacher_checkpoint(runs_root: str, model: Any) -> Path:
+    """Where the newest teacher of the model's family is: what a Serial student distils from by default."""
+    return Path(runs_root) / f"teacher_{family_of(model)}" / LATEST / "checkpoints" / "best.ckpt"
 
 
 def link_latest(run: Path) -> Path | None:

@@ -20,9 +20,9 @@ from lightning_distill.deployment.export import export_network, load_exported, m
 from lightning_distill.deployment.network import RawFramesClassifier
 from lightning_distill.errors import ConfigError
 from lightning_distill.evaluation.flops import CostProfile, profile_model
-from lightning_distill.evaluation.report import print_metrics
+from lightning_distill.evaluation.report import print_cost
 from lightning_distill.training.checkpoints import read_checkpoint
-from lightning_distill.training.module import VideoClassifierModule, check_blocks
+from lightning_distill.training.module import VideoClassifierModule, check_blocks, describe
 
 
 class VDistillTrainer(Trainer):
@@ -56,10 +56,7 @@ class VDistillTrainer(Trainer):
             device=self.strategy.root_device,
         )
         summary = cost.to_dict()
-        print_metrics(
-            {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))},
-            title=f"{type(model).__name__} cost at {num_frames} frames per video",
-        )
+        print_cost(cost, f"{type(model).__name__} ({describe(network.encoder)}, {model.head.num_classes:,} classes)")
         if output:
             Path(output).parent.mkdir(parents=True, exist_ok=True)
             Path(output).write_text(json.dumps(summary, indent=2) + "\n")
@@ -106,7 +103,9 @@ class VDistillTrainer(Trainer):
                 "an exported graph takes k real frames per video, but UniformSampler(over_padded=True) leaves "
                 "padding in short videos: export a model trained with over_padded: false"
             )
-        check_blocks(inference.encoder, sampler, "exported model")  # H-RNN's blocks must tile the T frames
+        # The encoder as its module uses it (a teacher's H-RNN keeps its all-frames blocks), which must tile T.
+        inference.encoder.for_frames(inference.sampler.k)
+        check_blocks(inference.encoder, sampler, "exported model", adapt=False)
         network = RawFramesClassifier(copy.deepcopy(inference.encoder), copy.deepcopy(inference.head),
                                       datamodule.normalization)
         metadata = metadata_for(type(model).__name__, network, sampler.k, sampler, datamodule.max_frames)

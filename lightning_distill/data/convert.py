@@ -97,7 +97,8 @@ def convert(
         workers: shards converted in parallel processes.
         verify_crc: check both CRC32Cs of every record.
         max_frames: frames kept per video (the first ones).
-        num_classes: label vocabulary size; None: 4716 for 2017 records, 3862 for 2018/2019 records.
+        num_classes: label vocabulary size; None: the size declared beside the shards (``vdistill synth``
+            declares its own), else 4716 for 2017 records, 3862 for 2018/2019 records.
         progress: show a progress bar (videos, MB/s of input, ETA).
 
     Raises:
@@ -109,6 +110,10 @@ def convert(
     output = Path(output)
     if workers < 1 or max_frames < 1:
         raise DataError(f"workers ({workers}) and max_frames ({max_frames}) must be at least 1")
+    # The class count as resolved (given, declared beside the shards, or the version's), so stores made with and
+    # without an explicit count of the same vocabulary are the same store.
+    if num_classes is None:
+        num_classes = _first_format(shards, verify_crc).num_classes
     options = {"verify_crc": verify_crc, "max_frames": max_frames, "num_classes": num_classes}
     manifest = {"sources": [_describe(shard) for shard in shards], "options": options}
     _make_directory(output.parent)
@@ -118,9 +123,7 @@ def convert(
             previous = _up_to_date_store(output, manifest)
             if previous is not None:
                 return ConversionResult(output, len(previous), skipped=True)
-        source = _shard_set_format(shards, verify_crc)
-        if num_classes is not None:
-            source = replace(source, num_classes=num_classes)
+        source = replace(_shard_set_format(shards, verify_crc), num_classes=num_classes)
         total = sum(shard.stat().st_size for shard in shards)
         with _progress_bar(progress) as bar, _worker_pool(workers, len(shards), lock) as pool:
             index = partial(index_shard, source_format=source, verify_crc=verify_crc)
@@ -176,6 +179,15 @@ def _up_to_date_store(output: Path, manifest: dict[str, Any]) -> FrameStore | No
         return None  # unfinished or foreign: rebuild it
     # Round-trip through JSON so tuples and lists compare alike; an older format is rebuilt to gain checksums.
     return store if store.format == FORMAT and store.manifest == json.loads(json.dumps(manifest)) else None
+
+
+def _first_format(shards: Sequence[Path], verify_crc: bool) -> SourceFormat:
+    """The format of the first shard with records (DataError if none has any)."""
+    for shard in shards:
+        found = sniff_format(shard, verify_crc=verify_crc)
+        if found is not None:
+            return found
+    raise DataError(f"{shards[0]}: no records in any of the {len(shards)} input shard(s); check the input glob")
 
 
 def _shard_set_format(shards: Sequence[Path], verify_crc: bool) -> SourceFormat:

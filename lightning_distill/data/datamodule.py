@@ -35,6 +35,10 @@ SPLITS = ("train", "val", "test", "predict")
 # The splits each Lightning stage reads.
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 STORE_SUFFIXES = (".h5", ".hdf5")
+NO_DATA_HINT = (
+    "no data yet? `vdistill synth --output data/synthetic` writes a synthetic set the tiny configs read, "
+    "data_prep/README.md downloads YouTube-8M"
+)
 
 
 @runtime_checkable
@@ -310,13 +314,27 @@ class YT8MDataModule(L.LightningDataModule):
         self._videos["train"] = np.sort(order[cut:])
 
     def _find_num_classes(self) -> int:
-        """From the first given split: a store's attribute, or the format of its first TFRecord's first record."""
-        for split, source in self.sources.items():
-            if source is not None:
-                if _is_store(source):
-                    return FrameStore(self.store_path(split)).num_classes
-                return detect_format(_shards(split, source)[0], verify_crc=self.verify_crc).num_classes
-        raise ConfigError("num_classes is unknown without data: set data.num_classes or data.train_files")
+        return find_num_classes(self.sources, self.store_dir, verify_crc=self.verify_crc)
+
+
+def find_num_classes(sources: dict[str, str | None], store_dir: str | Path, *, verify_crc: bool = True) -> int:
+    """The class count of the first given split: a store's attribute, or the format of its first TFRecord's first
+    record (3862 for 2018+, 4716 for 2017).
+
+    Args:
+        sources: split -> TFRecord glob or store path, as the data module's ``*_files``.
+        store_dir: where TFRecord splits are converted to.
+        verify_crc: check the CRCs of the record read.
+
+    Raises:
+        ConfigError: no split is given. DataError: the first given split's files cannot be read.
+    """
+    for split, source in sources.items():
+        if source is not None:
+            if _is_store(source):
+                return FrameStore(source).num_classes
+            return detect_format(_shards(split, source)[0], verify_crc=verify_crc).num_classes
+    raise ConfigError("num_classes is unknown without data: set data.num_classes or data.train_files")
 
 
 def _is_store(source: str) -> bool:
@@ -329,7 +347,7 @@ def _shards(split: str, source: str) -> list[Path]:
     try:
         return resolve_inputs([p.strip() for p in source.split(",") if p.strip()])
     except DataError as error:
-        raise DataError(f"data.{split}_files: {error}") from None
+        raise DataError(f"data.{split}_files: {error}; {NO_DATA_HINT}") from None
 
 
 def _check_settings(

@@ -20,6 +20,7 @@ In YAML a sampler is chosen by class path::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -40,9 +41,20 @@ class FrameSampler(ABC):
 
     Attributes:
         k: frames per video in this view; None for all frames (the teacher view).
+        key: the sampler's name in experiment grids (``baselines: [uniform, last]``), for the paper's k-frame
+            selections; a subclass that sets it is registered in ``FrameSampler.registry``.
+        label: the paper's row label, e.g. ``Uniform-k``.
     """
 
     k: int | None = None
+    key: ClassVar[str | None] = None
+    label: ClassVar[str | None] = None
+    registry: ClassVar[dict[str, type[FrameSampler]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("key"):
+            FrameSampler.registry[cls.key] = cls
 
     @abstractmethod
     def indices(self, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -100,6 +112,9 @@ class UniformSampler(KFrameSampler):
         max_frames: the padded length the authors' stride is computed over (only used with ``over_padded``).
     """
 
+    key = "uniform"
+    label = "Uniform-k"
+
     def __init__(self, k: int, over_padded: bool = False, max_frames: int = MAX_FRAMES) -> None:
         super().__init__(k)
         if over_padded and k > max_frames:
@@ -133,6 +148,9 @@ class RandomSampler(KFrameSampler):
         k: frames kept per video.
     """
 
+    key = "random"
+    label = "Random-k"
+
     def virtual_indices(self, virtual_lengths: Tensor, generator: torch.Generator | None) -> Tensor:
         """(B,) -> (B, k): the k smallest of i.i.d. uniform keys is a uniform k-subset, drawn for all B at once."""
         width = int(virtual_lengths.max())
@@ -165,6 +183,9 @@ class FirstSampler(WindowSampler):
         k: frames kept per video.
     """
 
+    key = "first"
+    label = "First-k"
+
     fraction = (0, 1)
 
 
@@ -175,6 +196,9 @@ class MiddleSampler(WindowSampler):
         k: frames kept per video.
     """
 
+    key = "middle"
+    label = "Middle-k"
+
     fraction = (1, 2)
 
 
@@ -184,6 +208,9 @@ class LastSampler(WindowSampler):
     Args:
         k: frames kept per video.
     """
+
+    key = "last"
+    label = "Last-k"
 
     fraction = (1, 1)
 
@@ -198,6 +225,9 @@ class FirstMiddleLastSampler(KFrameSampler):
     Args:
         k: frames kept per video.
     """
+
+    key = "first_middle_last"
+    label = "First-Middle-Last-k"
 
     def __init__(self, k: int) -> None:
         super().__init__(k)

@@ -27,7 +27,7 @@ import mmap
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from google.protobuf.message import DecodeError
 
 from lightning_distill.data import example_proto
 from lightning_distill.data.records import VideoRecord
-from lightning_distill.data.yt8m import AUDIO_DIM, ID_KEYS, NUM_CLASSES, RGB_DIM
+from lightning_distill.data.yt8m import AUDIO_DIM, ID_KEYS, NUM_CLASSES, RGB_DIM, declared_vocabulary
 from lightning_distill.errors import DataError
 
 LEVELS = ("frame", "video")
@@ -120,12 +120,18 @@ def detect_format(path: str | Path, *, verify_crc: bool = True) -> SourceFormat:
 
 
 def sniff_format(path: str | Path, *, verify_crc: bool = True) -> SourceFormat | None:
-    """Like ``detect_format``, but ``None`` for a shard without records (legal, if useless)."""
+    """Like ``detect_format``, but ``None`` for a shard without records (legal, if useless).
+
+    The class count is the version's, unless the shard's folder declares its own (``yt8m.VOCABULARY_FILE``, as
+    ``vdistill synth`` writes), so a hand conversion and the data module agree without being told.
+    """
     for _, data in iter_payloads(path, verify_crc=verify_crc):
         try:
-            return _format_of(data)
+            found = _format_of(data)
         except _BadRecord as err:
             raise DataError(f"{path}: record 0: {err}") from None
+        declared = declared_vocabulary(Path(path))
+        return found if declared is None else replace(found, num_classes=declared)
     return None
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from lightning_distill import __version__
+from lightning_distill.class_paths import class_path
 from lightning_distill.data.samplers import FrameSampler
 from lightning_distill.data.yt8m import AUDIO_DIM, RGB_DIM
 from lightning_distill.deployment.network import RawFramesClassifier
@@ -49,7 +50,7 @@ def class_config(obj: Any) -> dict[str, Any]:
     cls = type(obj)
     variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     names = [name for name, p in inspect.signature(cls).parameters.items() if p.kind not in variadic]
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": {n: getattr(obj, n) for n in names}}
+    return {"class_path": class_path(cls), "init_args": {n: getattr(obj, n) for n in names}}
 
 
 def build_from_config(config: dict[str, Any]) -> Any:
@@ -66,7 +67,7 @@ def metadata_for(
     return {
         "vdistill_version": __version__,
         "module": module_name,
-        "encoder": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
+        "encoder": class_path(type(encoder)),
         "num_classes": str(network.head.num_classes),
         "frames": str(frames),
         "sampler": json.dumps(class_config(sampler)),

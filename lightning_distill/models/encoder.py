@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -36,10 +36,19 @@ class VideoEncoder(nn.Module, ABC):
     Attributes:
         input_dim: D, features per frame (1152 for YouTube-8M rgb+audio).
         output_dim: E, size of ``representation``.
+        key: the family's name (``hrnn``): experiment grids say ``family: hrnn`` and its config part is
+            ``configs/family/<key>.yaml``; a subclass that sets it is registered in ``VideoEncoder.registry``.
     """
 
     input_dim: int
     output_dim: int
+    key: ClassVar[str | None] = None
+    registry: ClassVar[dict[str, type[VideoEncoder]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("key"):
+            VideoEncoder.registry[cls.key] = cls
 
     @abstractmethod
     def forward(self, frames: Tensor, mask: Tensor) -> EncoderOutput:
@@ -54,6 +63,10 @@ class VideoEncoder(nn.Module, ABC):
         """
 
     student_free_keys: tuple[str, ...] = ()
+
+    def for_frames(self, k: int | None) -> None:
+        """Adapt to the view the encoder will read: k chosen frames per video, or None for all of them. Called by
+        the module that owns the encoder; most encoders need nothing (H-RNN picks its block length)."""
 
     def forward_all_frames(self, frames: Tensor) -> Tensor:
         """(B, T, D) frames, every slot a real frame -> (B, E) representation, as ``forward`` with an all-True mask.

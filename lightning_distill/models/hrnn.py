@@ -35,7 +35,12 @@ class HRNN(VideoEncoder):
         num_layers: stacked layers in each LSTM.
         block_length: l, input slots per block (the paper's teacher uses 20, students 5 or 3).
         dropout: dropout between stacked LSTM layers (needs num_layers > 1).
+        student_block_length: l when the encoder reads k chosen frames (a student or a baseline), so one family
+            config serves teacher and students; None keeps ``block_length`` for every view. Applied by the module
+            that owns the encoder (``for_frames``).
     """
+
+    key = "hrnn"
 
     student_free_keys = ("block_length",)
 
@@ -46,14 +51,17 @@ class HRNN(VideoEncoder):
         num_layers: int = 2,
         block_length: int = 20,
         dropout: float = 0.0,
+        student_block_length: int | None = None,
     ) -> None:
         super().__init__()
-        if block_length < 1:
-            raise ValueError(f"block_length must be >= 1, got {block_length}")
+        if block_length < 1 or (student_block_length is not None and student_block_length < 1):
+            raise ValueError(f"block lengths must be >= 1, got {block_length} and {student_block_length}")
         self.input_dim = input_dim
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.block_length = block_length
+        self._all_frames_block_length = block_length
+        self.student_block_length = student_block_length
         self.output_dim = 2 * num_layers * hidden_size
         self.lower = nn.LSTM(input_dim, hidden_size, num_layers, batch_first=True, dropout=dropout)
         self.upper = nn.LSTM(self.output_dim, hidden_size, num_layers, batch_first=True, dropout=dropout)
@@ -64,6 +72,11 @@ class HRNN(VideoEncoder):
     def tiny(cls, **overrides: Any) -> HRNN:
         """16 cells, 2 layers, blocks of 4 slots."""
         return cls(**{"hidden_size": 16, "num_layers": 2, "block_length": 4, **overrides})
+
+    def for_frames(self, k: int | None) -> None:
+        """Blocks of ``student_block_length`` for a view of k chosen frames (when set), else ``block_length``."""
+        use_student = k is not None and self.student_block_length is not None
+        self.block_length = self.student_block_length if use_student else self._all_frames_block_length
 
     def architecture(self) -> dict[str, Any]:
         return {

@@ -62,6 +62,8 @@ class NetVLAD(VideoEncoder):
         gating: apply context gating to the hidden layer.
     """
 
+    key = "netvlad"
+
     def __init__(
         self,
         input_dim: int = 1152,

@@ -89,6 +89,8 @@ class NeXtVLAD(VideoEncoder):
         gating_reduction: bottleneck factor of the SE gating.
     """
 
+    key = "nextvlad"
+
     def __init__(
         self,
         input_dim: int = 1152,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -41,8 +42,9 @@ class DistillModule(VideoClassifierModule):
 
     Args:
         encoder: the student's encoder.
-        teacher_encoder: the teacher's encoder, same family and sizes (H-RNN's block length may differ).
         num_classes: C, linked from the data module.
+        teacher_encoder: the teacher's encoder, same family and sizes (H-RNN's block length may differ); default:
+            a copy of the student's (its initial weights too), which one family config describes.
         sampler: the student's frames; default: ``UniformSampler(k=30)``.
         teacher_sampler: the teacher's frames; default: ``AllFramesSampler``.
         loss: the student's terms, name -> ``LossTerm``; None gives L_rep + L_pred + L_CE with weights 1.
@@ -57,8 +59,8 @@ class DistillModule(VideoClassifierModule):
     def __init__(
         self,
         encoder: VideoEncoder,
-        teacher_encoder: VideoEncoder,
         num_classes: int,
+        teacher_encoder: VideoEncoder | None = None,
         sampler: FrameSampler | None = None,
         teacher_sampler: FrameSampler | None = None,
         loss: dict[str, LossTerm] | None = None,
@@ -66,6 +68,8 @@ class DistillModule(VideoClassifierModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
+        # A copy made before the student's encoder adapts to its k frames (H-RNN's block length).
+        teacher_encoder = teacher_encoder or copy.deepcopy(encoder)
         super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30))
         teacher_sampler = teacher_sampler or AllFramesSampler()
         save_plain_hyperparameters(self)

@@ -152,8 +152,9 @@ class VideoClassifierModule(L.LightningModule, ABC):
     def training_step(self, batch: VideoBatch, batch_idx: int) -> Tensor:
         losses = self.losses(self.model_step(batch), batch.labels)
         self._raise_if_diverged(losses, batch)
-        # Logged per step only, so no cross-rank reduction (sync_dist) is needed.
-        self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=len(batch))
+        # Logged per step only, so no cross-rank reduction (sync_dist) is needed. The total goes on the progress bar.
+        self.log_dict({f"train/{name}": value for name, value in losses.items() if name != "loss"}, batch_size=len(batch))
+        self.log("train/loss", losses["loss"], batch_size=len(batch), prog_bar=True)
         return losses["loss"]
 
     def validation_step(self, batch: VideoBatch, batch_idx: int) -> None:
@@ -194,7 +195,10 @@ class VideoClassifierModule(L.LightningModule, ABC):
             prefix = f"{stage}/{role}/" if len(metrics) > 1 else f"{stage}/"
             # compute() already gathers every rank's videos, so every rank holds the same values; sync_dist
             # averages those equal values (exact), for Lightning's sake.
-            self.log_dict({prefix + name: value.float() for name, value in metric.compute().items()}, sync_dist=True)
+            values = {prefix + name: value.float() for name, value in metric.compute().items()}
+            self.log_dict({k: v for k, v in values.items() if not k.endswith("/gap")}, sync_dist=True)
+            # GAP, the number a run is judged by, on the progress bar too.
+            self.log(prefix + "gap", values[prefix + "gap"], sync_dist=True, prog_bar=True)
             metric.reset()
 
     def _raise_if_diverged(self, losses: dict[str, Tensor], batch: VideoBatch) -> None:
@@ -305,12 +309,15 @@ def check_same_family(teacher: VideoEncoder, student: VideoEncoder, teacher_name
         )
 
 
-def check_blocks(encoder: VideoEncoder, sampler: FrameSampler, role: str) -> None:
-    """Raise ``ConfigError`` unless a block encoder's blocks tile the sampler's k frames exactly.
+def check_blocks(encoder: VideoEncoder, sampler: FrameSampler, role: str, adapt: bool = True) -> None:
+    """Adapt ``encoder`` to the sampler's view (``for_frames``; unless ``adapt`` is False), then raise
+    ``ConfigError`` unless a block encoder's blocks tile the sampler's k frames exactly.
 
     An encoder that cuts the frames into blocks (H-RNN) reports ``block_length`` in its architecture; k frames
     that it does not divide would leave a short last block on every video.
     """
+    if adapt:
+        encoder.for_frames(sampler.k)
     arch = encoder.architecture()
     block = arch.get("block_length")
     k = sampler.k

@@ -71,8 +71,9 @@ class StudentModule(VideoClassifierModule):
 
     Args:
         encoder: the student's encoder.
-        teacher_checkpoint: a ``TeacherModule`` checkpoint; needed when a loss term compares with the teacher.
         num_classes: C, linked from the data module.
+        teacher_checkpoint: a ``TeacherModule`` checkpoint; needed when a loss term compares with the teacher
+            (``vdistill`` fills in the newest teacher of the student's family, see ``cli/run_directory.py``).
         sampler: the student's frames; default: ``UniformSampler(k=30)``.
         loss: term name -> ``LossTerm``; None gives L_rep + L_pred + L_CE with weights 1.
         init_from: a ``StudentModule`` checkpoint whose encoder and head weights start this fit (stage 2 of the
@@ -91,8 +92,8 @@ class StudentModule(VideoClassifierModule):
     def __init__(
         self,
         encoder: VideoEncoder,
-        teacher_checkpoint: str | None,
         num_classes: int,
+        teacher_checkpoint: str | None = None,
         sampler: FrameSampler | None = None,
         loss: dict[str, LossTerm] | None = None,
         init_from: str | None = None,
