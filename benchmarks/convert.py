@@ -35,7 +35,7 @@ from tfrecord.reader import sequence_loader
 
 from lightning_distill.data.convert import convert
 from lightning_distill.data.frame_store import FrameStore
-from lightning_distill.data.yt8m_records import detect_format, index_shard, read_records
+from lightning_distill.data.tfrecord_reader import detect_format, index_shard, read_records
 
 
 def main(argv: list[str] | None = None) -> None:

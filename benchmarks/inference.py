@@ -30,11 +30,15 @@ import numpy as np
 import torch
 
 from lightning_distill.cli.allocator import keep_freed_memory
-from lightning_distill.data.frame_store import FrameStore, write_frame_store
+from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.loading import BatchRequest, VideoBatchDataset
-from lightning_distill.data.records import VideoRecord
+from lightning_distill.data.video_record import VideoRecord
 from lightning_distill.evaluation.flops import count_macs
 from lightning_distill.evaluation.metrics import YT8MMetrics
+
+# The tests' store writer: benchmarks, like tests, build stores from in-memory records.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from store_writer import write_frame_store  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STAGES = ("read", "prepare", "encoder", "head", "metrics")

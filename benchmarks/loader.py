@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,10 +33,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_distill.cli.allocator import keep_freed_memory
 from lightning_distill.data.datamodule import YT8MDataModule
-from lightning_distill.data.frame_store import FrameStore, write_frame_store
-from lightning_distill.data.records import VideoRecord
+from lightning_distill.data.frame_store import FrameStore
+from lightning_distill.data.video_record import VideoRecord
 from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, UniformSampler
 from lightning_distill.data.yt8m import FEATURE_DIM, RGB_DIM
+
+# The tests' store writer: benchmarks, like tests, build stores from in-memory records.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from store_writer import write_frame_store  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

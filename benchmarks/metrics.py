@@ -25,7 +25,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.classification import MultilabelAveragePrecision
 
-from lightning_distill.metrics import YT8MMetrics
+from lightning_distill.evaluation.metrics import YT8MMetrics
 
 TARGET_BYTES_PER_VIDEO = 512
 TARGET_VIDEOS_PER_S = 50_000

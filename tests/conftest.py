@@ -35,10 +35,17 @@ def synthetic_tfrecords(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _argv():
+    """main(args) stands for the command line; pytest's own arguments must not look like a second one (for the
+    whole session: module-scoped fixtures build CLIs too)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["vdistill"])
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _argv(monkeypatch):
-    """main(args) stands for the command line; pytest's own arguments must not look like a second one."""
-    monkeypatch.setattr(sys, "argv", ["vdistill"])
+def _collect_garbage():
     yield
     # A CLI, its trainer and its model reference each other; collect them now, or paper-size models (GBs)
     # pile up across tests.

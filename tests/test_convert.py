@@ -18,7 +18,7 @@ from tfrecord import example_pb2
 from lightning_distill.data import frame_store
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.convert import convert
-from lightning_distill.data.yt8m_records import index_shard
+from lightning_distill.data.tfrecord_reader import index_shard
 from lightning_distill.errors import DataError
 from yt8m_writer import (
     SHARED,
@@ -242,15 +242,14 @@ def test_checksums_find_damage_inside_a_store(shards, tmp_path):
 
 def _kill_while_writing(command: list[str], output: Path) -> list[int]:
     """Start ``command``, SIGKILL it as soon as its temporary store exists; returns the pids of its children."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list(output.parent.glob(f".{output.name}.tmp-*")):
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "the conversion never started writing"
-        time.sleep(0.001)
-    children = _children(process.pid)
-    process.kill()
-    process.wait()
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as process:
+        deadline = time.monotonic() + 120
+        while not list(output.parent.glob(f".{output.name}.tmp-*")):
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "the conversion never started writing"
+            time.sleep(0.001)
+        children = _children(process.pid)
+        process.kill()
     assert not output.exists(), "killed too late: the store was already finished"
     return children
 

@@ -13,11 +13,11 @@ from torch.utils.data import DistributedSampler
 from yt8m_writer import frame_level_example, random_video, write_tfrecord
 
 from lightning_distill.data.datamodule import YT8MDataModule
-from lightning_distill.data.frame_store import write_frame_store
 from lightning_distill.data.normalization import FrameL2Normalization, NoNormalization
-from lightning_distill.data.records import VideoRecord
+from lightning_distill.data.video_record import VideoRecord
 from lightning_distill.data.samplers import AllFramesSampler, RandomSampler, UniformSampler
 from lightning_distill.errors import ConfigError, DataError
+from store_writer import write_frame_store
 
 NUM_CLASSES = 6
 MAX_FRAMES = 24  # below the longest stored video, so the data module's cap is exercised

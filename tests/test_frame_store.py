@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from lightning_distill.data.frame_store import FrameStore
-from lightning_distill.data.frame_store import FORMAT, write_frame_store
-from lightning_distill.data.records import VideoRecord
+from lightning_distill.data.frame_store import FORMAT
+from lightning_distill.data.video_record import VideoRecord
 from lightning_distill.errors import DataError
+from store_writer import write_frame_store
 
 LENGTHS = [5, 1, 12, 3, 8]
 LABELS = [[0, 3], [], [9], [1, 2, 4], [9, 0]]

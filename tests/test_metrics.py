@@ -9,7 +9,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from lightning_distill.errors import ConfigError
 from lightning_distill.evaluation.ranking import stable_topk
-from lightning_distill.metrics import YT8MMetrics
+from lightning_distill.evaluation.metrics import YT8MMetrics
 
 KEYS = ("gap", "map", "map_all_classes", "hit_at_one", "perr")
 

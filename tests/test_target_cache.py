@@ -14,7 +14,7 @@ from lightning.pytorch import Callback, Trainer
 
 from cli_support import teacher_checkpoint
 from lightning_distill.data.datamodule import YT8MDataModule
-from lightning_distill.data.frame_store import FrameStore, write_frame_store
+from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.samplers import AllFramesSampler, UniformSampler
 from lightning_distill.data.target_cache import TargetCache, build_target_cache, cache_key, cache_path
 from lightning_distill.errors import DataError
@@ -27,6 +27,7 @@ from lightning_distill.training.losses import (
 )
 from lightning_distill.training.student import StudentModule
 from test_datamodule import _records
+from store_writer import write_frame_store
 
 SYNTHETIC_CLASSES = 8
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tfrecord import example_pb2
 
-from lightning_distill.data.yt8m_records import SourceFormat, detect_format, index_shard, read_records, shard_frames
+from lightning_distill.data.tfrecord_reader import SourceFormat, detect_format, index_shard, read_records, shard_frames
 from lightning_distill.errors import DataError
 from yt8m_writer import (
     SHARED,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,14 +41,14 @@ from lightning_distill.data.yt8m import NUM_CLASSES
 from lightning_distill.errors import VDistillError
 from lightning_distill.evaluation.cost_callback import CostProfileLogger
 from lightning_distill.evaluation.predictions import KagglePredictionWriter
-from lightning_distill.evaluation.report import print_metrics, write_metrics_json
+from lightning_distill.evaluation.tables import print_metrics, write_metrics_json
 from lightning_distill.training.checkpoints import check_checkpoint
 from lightning_distill.training.module import VideoClassifierModule
 
 # Offline by default: no network is assumed; `wandb sync <run dir>/wandb/offline-run-*` uploads later. Its
 # save_dir is the run directory (cli/outputs.write_into).
 DEFAULT_LOGGER = {
-    "class_path": "lightning.pytorch.loggers.WandbLogger",
+    "class_path": "lightning_distill.cli.wandb_logger.WandbLogger",
     "init_args": {"project": "vdistill", "offline": True},
 }
 
@@ -54,6 +56,9 @@ DEFAULT_LOGGER = {
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage()
 )
+
+# Lightning flattens batches with a torch pytree class torch has deprecated; the user can do nothing about it.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 # The metric prefix each evaluating command logs under.
 STAGES = {"validate": "val", "test": "test"}
@@ -174,7 +179,11 @@ class VDistillCLI(LightningCLI):
             ckpt_path=config.get("ckpt_path"),
             rank_zero=rank_zero_only.rank == 0,
         )
-        write_into(config, self.run_dir)
+        write_into(config, self.run_dir, None if self.subcommand in (None, "fit") else config.get("ckpt_path"))
+        # The run's own checkpoint folder holds files only when the fit resumes or --overwrite was given: both
+        # chosen by the user, so Lightning's "exists and is not empty" says nothing they can act on.
+        own_checkpoints = re.escape(str(self.run_dir.resolve() / "checkpoints"))
+        warnings.filterwarnings("ignore", message=f"Checkpoint directory {own_checkpoints} exists and is not empty")
         student = config.model.init_args
         if str(config.model.class_path).endswith("StudentModule") and not (student.teacher_checkpoint or student.init_from):
             student.teacher_checkpoint = str(default_teacher_checkpoint(config.runs_root, config.model))

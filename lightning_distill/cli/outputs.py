@@ -15,12 +15,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
 
-def write_into(config: Namespace, run: Path) -> None:
+def write_into(config: Namespace, run: Path, ckpt_path: str | None = None) -> None:
     """Point the subcommand's trainer, loggers and checkpoint callbacks at ``run``.
 
     Loggers (W&B, CSV, TensorBoard) save there, W&B naming the run after its directory; a ``ModelCheckpoint``
     without a ``dirpath`` saves into ``run/checkpoints``. An explicit ``dirpath`` is the user's choice and is kept
     (with Lightning's version counter: an existing ``best.ckpt`` there is kept and ``best-v1.ckpt`` written).
+    Given the ``ckpt_path`` a validate/test/predict restores (they save nothing), the callback keeps pointing at
+    that checkpoint's directory, where the fit that wrote it saved: a changed directory makes Lightning warn that
+    it drops the callback's state.
     """
     trainer = config.trainer
     trainer.default_root_dir = str(run)
@@ -33,13 +36,17 @@ def write_into(config: Namespace, run: Path) -> None:
             init_args.save_dir = str(run)
         if str(logger.class_path).endswith("WandbLogger") and init_args.get("name") is None:
             init_args.name = f"{run.parent.name}/{run.name}"
+    checkpoints = str(Path(ckpt_path).parent) if ckpt_path else str(run / "checkpoints")
     for callback in trainer.callbacks or []:
-        if isinstance(callback, Namespace) and str(callback.class_path).endswith("ModelCheckpoint"):
-            if callback.init_args.get("dirpath") is None:
-                callback.init_args.dirpath = str(run / "checkpoints")
-                # The directory is this run's: a name already there is this run's own (a resumed fit) or one
-                # the user asked to replace (--overwrite), never another run's to keep as best-v1.ckpt.
-                callback.init_args.enable_version_counter = False
+        if _is_model_checkpoint(callback) and callback.init_args.get("dirpath") is None:
+            callback.init_args.dirpath = checkpoints
+            # The directory is this run's: a name already there is this run's own (a resumed fit) or one the user
+            # asked to replace (--overwrite), never another run's to keep as best-v1.ckpt.
+            callback.init_args.enable_version_counter = False
+
+
+def _is_model_checkpoint(callback: Any) -> bool:
+    return isinstance(callback, Namespace) and str(callback.class_path).endswith("ModelCheckpoint")
 
 
 def fit_outputs(trainer: Trainer, run: Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from lightning_distill.cli.summary import print_summary
 from lightning_distill.deployment.scoring import score as score_videos
-from lightning_distill.evaluation.report import print_metrics, write_metrics_json
+from lightning_distill.evaluation.tables import print_metrics, write_metrics_json
 
 
 def score(

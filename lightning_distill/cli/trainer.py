@@ -20,7 +20,7 @@ from lightning_distill.deployment.export import export_network, load_exported, m
 from lightning_distill.deployment.network import RawFramesClassifier
 from lightning_distill.errors import ConfigError
 from lightning_distill.evaluation.flops import CostProfile, profile_model
-from lightning_distill.evaluation.report import print_cost
+from lightning_distill.evaluation.tables import print_cost
 from lightning_distill.training.checkpoints import read_checkpoint
 from lightning_distill.training.module import VideoClassifierModule, check_blocks, describe
 

@@ -54,7 +54,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, 
 from lightning_distill.atomic_files import exclusive, remove_stale_temporaries
 from lightning_distill.data.frame_store import FORMAT, FrameSlots, FrameStore, VideoTable, building_frame_store
 from lightning_distill.data.yt8m import MAX_FRAMES
-from lightning_distill.data.yt8m_records import ShardIndex, SourceFormat, index_shard, shard_frames, sniff_format
+from lightning_distill.data.tfrecord_reader import ShardIndex, SourceFormat, index_shard, shard_frames, sniff_format
 from lightning_distill.errors import DataError
 
 T = TypeVar("T")

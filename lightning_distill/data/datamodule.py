@@ -28,7 +28,7 @@ from lightning_distill.data.normalization import FeatureNormalizer, FrameL2Norma
 from lightning_distill.data.samplers import FrameSampler
 from lightning_distill.data.target_cache import TargetCache, build_target_cache, cache_key
 from lightning_distill.data.yt8m import DEQUANT_BIAS, DEQUANT_SCALE, MAX_FRAMES
-from lightning_distill.data.yt8m_records import detect_format
+from lightning_distill.data.tfrecord_reader import detect_format
 from lightning_distill.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test", "predict")

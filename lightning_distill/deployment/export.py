@@ -117,7 +117,10 @@ def load_exported(path: str | Path) -> tuple[Runner, dict[str, str]]:
         return lambda inputs: session.run([OUTPUT], inputs)[0], _checked(metadata, path)
     files = {_EXTRA_FILE: ""}
     try:
-        scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+        # torch 2.13 deprecates TorchScript as a whole; the format stays because deployed C++/mobile runtimes read it.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=DeprecationWarning)
+            scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
     except RuntimeError as error:
         raise ConfigError(f"{path}: not an ONNX (.onnx) or TorchScript file written by `vdistill export` ({error})") from None
     metadata = json.loads(files[_EXTRA_FILE] or "{}")

@@ -21,7 +21,7 @@ from lightning_distill.data.convert import resolve_inputs
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.samplers import FrameSampler
 from lightning_distill.data.yt8m import RGB_DIM
-from lightning_distill.data.yt8m_records import read_records
+from lightning_distill.data.tfrecord_reader import read_records
 from lightning_distill.deployment.export import build_from_config, load_exported
 from lightning_distill.errors import ConfigError, DataError
 from lightning_distill.evaluation.metrics import YT8MMetrics

@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_distill.errors import ConfigError
+from lightning_distill.models.modes import eval_mode
 
 # Gate matmuls per step of each recurrent cell type (nn.RNNBase.mode).
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -113,15 +114,9 @@ def inference_macs(encoder: nn.Module, head: nn.Module, num_frames: int) -> int:
     """
     frames = torch.randn(1, num_frames, encoder.input_dim, device=next(encoder.parameters()).device)
     mask = torch.ones(1, num_frames, dtype=torch.bool, device=frames.device)
-    was_training = encoder.training, head.training
-    encoder.eval(), head.eval()
-    try:
-        with torch.no_grad():
-            representation = encoder(frames, mask).representation
+    with eval_mode(encoder, head), torch.no_grad():
+        representation = encoder(frames, mask).representation
         return count_macs(encoder, frames, mask).total + count_macs(head, representation).total
-    finally:
-        encoder.train(was_training[0])
-        head.train(was_training[1])
 
 
 @dataclass(frozen=True)
@@ -211,20 +206,16 @@ def profile_model(
     if frame_dim is None:
         raise ConfigError(f"{type(encoder).__name__} has no input_dim: pass profile_model(..., frame_dim=D)")
     device = torch.device(device)
-    was_training = encoder.training, head.training
-    encoder.to(device).eval()
-    head.to(device).eval()
+    encoder.to(device)
+    head.to(device)
     frames = torch.randn(batch_size, num_frames, frame_dim, device=device)
     mask = torch.ones(batch_size, num_frames, dtype=torch.bool, device=device)
-    try:
+    with eval_mode(encoder, head):
         with torch.no_grad():
             representation = encoder(frames, mask).representation
         encoder_macs = count_macs(encoder, frames, mask).total
         head_macs = count_macs(head, representation).total
         speeds = _videos_per_second(encoder, head, frames, mask, warmup=warmup, repeats=repeats)
-    finally:
-        encoder.train(was_training[0])
-        head.train(was_training[1])
     return CostProfile(
         num_frames=num_frames,
         batch_size=batch_size,

@@ -9,13 +9,17 @@ from pathlib import Path
 from typing import IO, Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import Callback
 
 from lightning_distill.errors import ConfigError
 from lightning_distill.evaluation.prediction_file import HEADER, write_rows
 
-class KagglePredictionWriter(BasePredictionWriter):
+
+class KagglePredictionWriter(Callback):
     """Writes ``trainer.predict``'s results to a Kaggle prediction file, batch by batch.
+
+    A plain ``Callback``, not Lightning's ``BasePredictionWriter``: rows carry their video ids, so the sample
+    indices that class collects are not needed (and it warns that it cannot find them in our batch loader).
 
     Contract: the LightningModule's ``predict_step`` returns ``{"video_ids": list[str] (B ids), "probabilities":
     Tensor (B, C)}``. Call ``trainer.predict(..., return_predictions=False)``, or Lightning also keeps every
@@ -32,7 +36,7 @@ class KagglePredictionWriter(BasePredictionWriter):
     """
 
     def __init__(self, output: str, top_k: int = 20) -> None:
-        super().__init__(write_interval="batch")
+        super().__init__()
         if top_k < 1:
             raise ConfigError(f"KagglePredictionWriter needs top_k >= 1, got {top_k}")
         self.output = Path(output)
@@ -50,15 +54,14 @@ class KagglePredictionWriter(BasePredictionWriter):
         if not distributed:
             self._file.write(HEADER + "\n")
 
-    def write_on_batch_end(
+    def on_predict_batch_end(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         prediction: Any,
-        batch_indices: Any,
         batch: Any,
         batch_idx: int,
-        dataloader_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if not (isinstance(prediction, dict) and {"video_ids", "probabilities"} <= prediction.keys()):
             raise ConfigError(

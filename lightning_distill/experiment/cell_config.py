@@ -36,7 +36,7 @@ def with_run_settings(config: dict[str, Any], run_name: str, seed: int, grid: Gr
     trainer["logger"] = [
         {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"name": "csv"}},
         {
-            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            "class_path": "lightning_distill.cli.wandb_logger.WandbLogger",
             "init_args": {"project": "vdistill", "name": run_name, "offline": True},
         },
     ]

@@ -274,7 +274,7 @@ class CellProgress:
         if name in self.running:
             self.running.remove(name)
             self.seconds.append(seconds)
-        self._progress.console.print(line, highlight=False)
+        self._progress.console.print(line, highlight=False, soft_wrap=True)
         self._progress.advance(self._task)
         self._update()
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.samplers import FrameSampler
 from lightning_distill.errors import ConfigError, DataError
-from lightning_distill.metrics import YT8MMetrics
+from lightning_distill.evaluation.metrics import YT8MMetrics
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.heads import ClassifierHead
 from lightning_distill.training.checkpoints import check_state_fits
@@ -207,7 +207,7 @@ class VideoClassifierModule(L.LightningModule, ABC):
         _raise_if_bad_features(batch, f"the batch of step {self.global_step}")
         # Deepest names first, so the message names the term that diverged, not a sum it poisoned.
         for name in sorted(losses, key=lambda n: -n.count("/")):
-            value = float(losses[name])
+            value = float(losses[name].detach())
             if not math.isfinite(value):
                 term = name.rsplit("/", 1)[-1]
                 raise ConfigError(

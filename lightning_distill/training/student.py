@@ -16,6 +16,7 @@ from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, Unif
 from lightning_distill.errors import ConfigError
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.heads import ClassifierHead, LogisticHead
+from lightning_distill.models.modes import eval_mode
 from lightning_distill.training.checkpoints import load_module, read_checkpoint
 from lightning_distill.training.losses import (
     ClassificationLoss,
@@ -162,20 +163,14 @@ class StudentModule(VideoClassifierModule):
         elif self.teacher is not None:
             self.head.load_state_dict(self.teacher.head.state_dict())
 
-    def train(self, mode: bool = True) -> StudentModule:
-        # Lightning puts the whole module in train mode each epoch; the teacher must stay in eval mode
-        # (dropout off, batch-norm statistics frozen) to remain the fixed target it was trained to be.
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()
-        return self
-
     def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
         outputs = {"student": self(batch.views["student"])}
         if batch.targets is not None:
             outputs["teacher"] = ModelOutput.from_targets(batch.targets)
         elif self.teacher is not None and self.criterion.needs_teacher and "teacher" in batch.views:
-            with torch.no_grad():
+            # Eval mode where it runs (dropout off, batch-norm statistics frozen): the fixed target it was trained
+            # to be, whatever mode Lightning puts the whole module in.
+            with eval_mode(self.teacher), torch.no_grad():
                 outputs["teacher"] = self.teacher(batch.views["teacher"])
         return outputs
 
@@ -219,7 +214,9 @@ class StudentModule(VideoClassifierModule):
         check_same_family(teacher.encoder, self.encoder, f"teacher checkpoint {path}")
         check_blocks(teacher.encoder, self.teacher_sampler, "teacher")
         _check_same_head(teacher.head, self.head, path)
-        teacher.freeze()
+        # Frozen weights but not LightningModule.freeze(): its eval() would leave the teacher in eval mode at the
+        # start of training, which Lightning warns about; model_step sets eval mode just where the teacher runs.
+        teacher.requires_grad_(False)
         return teacher
 
     def _load_student_weights(self, path: str) -> None:

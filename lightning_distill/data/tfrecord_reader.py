@@ -36,7 +36,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from lightning_distill.data import example_proto
-from lightning_distill.data.records import VideoRecord
+from lightning_distill.data.video_record import VideoRecord
 from lightning_distill.data.yt8m import AUDIO_DIM, ID_KEYS, NUM_CLASSES, RGB_DIM, declared_vocabulary
 from lightning_distill.errors import DataError
 
