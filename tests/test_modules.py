@@ -221,14 +221,20 @@ def test_serial_student_keeps_teacher_frozen_and_starts_from_its_head(teacher_ck
         loss={"rep": RepresentationLoss()},
     )
     encoder_before = state(student.encoder)
-    t = trainer(max_steps=4)
+    teacher_modes = []
+
+    class RecordTeacherMode(L.Callback):
+        def on_train_start(self, trainer, module):
+            module.teacher.register_forward_pre_hook(lambda teacher, args: teacher_modes.append(teacher.training))
+
+    t = trainer(max_steps=4, callbacks=[RecordTeacherMode()])
     t.fit(student, datamodule=TinyVideos())
 
     assert same(state(student.head), teacher_head)
     assert not same(state(student.encoder), encoder_before)
     frozen = {k: v for k, v in state(student.teacher).items() if k in teacher_all}
     assert same(frozen, teacher_all)
-    assert not student.teacher.training
+    assert teacher_modes == [False] * 4  # the teacher ran in eval mode at every training step
     assert not any(p.requires_grad for p in student.teacher.parameters())
 
 
@@ -260,6 +266,8 @@ def test_serial_student_checkpoint_has_no_teacher_and_evaluates_without_it(teach
     assert "test/gap" in tester.callback_metrics
 
 
+# These tests' in-memory loader is not resumable (vdistill's is: tests/test_runs.py resumes mid-epoch).
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
 def test_serial_student_resumes_from_its_checkpoint(teacher_ckpt, tmp_path):
     torch.manual_seed(0)
     data = TinyVideos()
@@ -399,6 +407,23 @@ def test_parallel_logs_both_models():
     assert {"train/loss", "train/teacher/loss", "train/student/loss", "train/student/loss/rep",
             "train/student/loss/pred", "train/student/loss/ce"} <= logged
     assert {"val/teacher/gap", "val/student/gap", "val/teacher/perr", "val/student/map"} <= logged
+
+
+def test_parallel_warm_up_grows_the_teacher_comparing_terms_from_zero():
+    torch.manual_seed(0)
+    scales = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            scales.append(module._teacher_terms_scale())
+
+    module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), warmup_epochs=2)
+    t = trainer(max_steps=6, callbacks=[Record()])  # 3 batches an epoch
+    t.fit(module, datamodule=TinyVideos())
+    assert scales == pytest.approx([0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])
+    assert t.callback_metrics["train/student/loss/ce"] > 0
+    with pytest.raises(ConfigError, match="warmup_epochs=-1"):
+        DistillModule(hrnn(), NUM_CLASSES, sampler=UniformSampler(4), warmup_epochs=-1)
 
 
 class Diverging(LossTerm):

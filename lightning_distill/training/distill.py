@@ -11,6 +11,7 @@ from torch import Tensor
 
 from lightning_distill.data.batch import VideoBatch
 from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, UniformSampler
+from lightning_distill.errors import ConfigError
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.heads import ClassifierHead, LogisticHead
 from lightning_distill.training.losses import ClassificationLoss, DistillLoss, LossTerm
@@ -51,6 +52,9 @@ class DistillModule(VideoClassifierModule):
         head: builds the shared classifier as ``head(encoder.output_dim, num_classes)``.
         optimizer: builds one optimiser over both encoders and the head.
         lr_scheduler: builds a per-epoch learning-rate schedule, or None for a constant rate.
+        warmup_epochs: the student's terms that compare with the teacher (L_rep, L_pred) grow linearly from 0 to
+            their weight over this many epochs, so the student does not chase a teacher that is still random;
+            0: full weight from the start (the paper's setting).
     """
 
     evaluated_roles = ("teacher", "student")
@@ -67,6 +71,7 @@ class DistillModule(VideoClassifierModule):
         head: Callable[[int, int], ClassifierHead] = LogisticHead,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        warmup_epochs: float = 0.0,
     ) -> None:
         # A copy made before the student's encoder adapts to its k frames (H-RNN's block length).
         teacher_encoder = teacher_encoder or copy.deepcopy(encoder)
@@ -80,6 +85,9 @@ class DistillModule(VideoClassifierModule):
         self.teacher_criterion = DistillLoss({"ce": ClassificationLoss()})
         self.teacher_encoder = teacher_encoder
         self.teacher_sampler = teacher_sampler
+        if warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs={warmup_epochs} must be >= 0")
+        self.warmup_epochs = warmup_epochs
 
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
         if stage == "predict":
@@ -95,5 +103,18 @@ class DistillModule(VideoClassifierModule):
     def losses(self, outputs: dict[str, ModelOutput], labels: Tensor) -> dict[str, Tensor]:
         teacher = loss_log_names(self.teacher_criterion(outputs["teacher"], None, labels), "teacher")
         # The loss terms detach every teacher-side tensor (stop-gradient), see training/losses.py.
-        student = loss_log_names(self.criterion(outputs["student"], outputs["teacher"], labels), "student")
+        parts = self.criterion(outputs["student"], outputs["teacher"], labels)
+        scale = self._teacher_terms_scale()
+        if scale < 1:
+            comparing = [name for name, term in self.criterion.terms.items() if term.needs_teacher]
+            parts = {**parts, **{name: scale * parts[name] for name in comparing}}
+            parts["total"] = sum(value for name, value in parts.items() if name != "total")
+        student = loss_log_names(parts, "student")
         return {"loss": teacher["teacher/loss"] + student["student/loss"], **teacher, **student}
+
+    def _teacher_terms_scale(self) -> float:
+        """The warm-up factor of the terms that compare with the teacher at the current training step."""
+        if not self.warmup_epochs or self._trainer is None:
+            return 1.0
+        epochs = self.global_step / max(self.trainer.num_training_batches, 1)
+        return min(1.0, epochs / self.warmup_epochs)
