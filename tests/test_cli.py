@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from cli_support import CONFIGS, data_args, in_own_context, run_error, run_ok, teacher_checkpoint
 from conftest import SYNTHETIC_CLASSES
@@ -143,13 +145,16 @@ def test_paper_student_configs_take_a_paper_teacher(family, synthetic_tfrecords,
     assert_scores_one_batch(probabilities, roles=1)
 
 
-def test_fit_test_predict_profile_round_trip(synthetic_tfrecords, tmp_path, monkeypatch, capsys):
+def test_fit_test_predict_profile_round_trip(synthetic_tfrecords, tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO)
     teacher = teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
     data = data_args(synthetic_tfrecords, tmp_path / "stores")
     student_config = f"--config={CONFIGS / 'tiny' / 'student_hrnn.yaml'}"
     run_ok(["fit", student_config, *data, f"--model.init_args.teacher_checkpoint={teacher}",
             "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"])
+    fit_output = capsys.readouterr().out
+    fit_log = caplog.text
     student = tmp_path / "runs/tiny/student_hrnn_k6/latest/checkpoints/last.ckpt"
     assert not any(k.startswith("teacher") for k in torch.load(student, weights_only=True)["state_dict"])
 
@@ -174,6 +179,10 @@ def test_fit_test_predict_profile_round_trip(synthetic_tfrecords, tmp_path, monk
     cost = json.loads((tmp_path / "cost.json").read_text())
     assert cost["flops_per_video"] == 2 * cost["macs_per_video"] > 0
     assert cost["params"] > 0 and cost["videos_per_s"] > 0
+    # The fit's model summary shows the FLOPs profile counts (Lightning's own count said 0), and not Lightning's note
+    # that our summary replaced its default.
+    assert f"Total FLOPs: {get_human_readable_count(int(cost['flops_per_video']))}" in fit_output
+    assert "Skipping setting a default" not in fit_log and "Seed set to" in fit_log  # (the log was captured)
 
 
 def test_missing_and_foreign_checkpoints_are_one_line(synthetic_tfrecords, tmp_path, monkeypatch, capsys):

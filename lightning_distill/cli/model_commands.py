@@ -52,9 +52,11 @@ DEFAULT_LOGGER = {
     "init_args": {"project": "vdistill", "offline": True},
 }
 
-# Lightning advertises its LitLogger on every run; vdistill logs to W&B, CSV or TensorBoard, so the tip is noise.
+# Lines Lightning prints on every run that say nothing a vdistill user can act on: the advertisement for its
+# LitLogger (vdistill logs to W&B, CSV or TensorBoard) and the note that our own ModelSummary replaces its default.
+LIGHTNING_NOISE = ("litlogger", "Skipping setting a default `ModelSummary`")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-    lambda record: "litlogger" not in record.getMessage()
+    lambda record: not any(noise in record.getMessage() for noise in LIGHTNING_NOISE)
 )
 
 # Lightning flattens batches with a torch pytree class torch has deprecated; the user can do nothing about it.

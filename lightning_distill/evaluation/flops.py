@@ -107,8 +107,8 @@ def count_macs(module: nn.Module, *inputs: Any) -> MacCount:
     return MacCount(counted=(counter.get_total_flops() - seen_inside) // 2, recurrent=recurrent)
 
 
-def inference_macs(encoder: nn.Module, head: nn.Module, num_frames: int) -> int:
-    """MACs of one video's ``head(encoder(frames, mask).representation)`` at ``num_frames`` real frames (no timing).
+def inference_macs_by_part(encoder: nn.Module, head: nn.Module, num_frames: int) -> tuple[int, int]:
+    """(encoder MACs, head MACs) of one video at ``num_frames`` real frames (no timing).
 
     The modules are put in eval mode for the count and given back in their mode.
     """
@@ -116,7 +116,7 @@ def inference_macs(encoder: nn.Module, head: nn.Module, num_frames: int) -> int:
     mask = torch.ones(1, num_frames, dtype=torch.bool, device=frames.device)
     with eval_mode(encoder, head), torch.no_grad():
         representation = encoder(frames, mask).representation
-        return count_macs(encoder, frames, mask).total + count_macs(head, representation).total
+        return count_macs(encoder, frames, mask).total, count_macs(head, representation).total
 
 
 @dataclass(frozen=True)
