@@ -164,6 +164,16 @@ def test_fit_test_predict_profile_round_trip(synthetic_tfrecords, tmp_path, monk
     metrics = json.loads((tmp_path / "test.json").read_text())
     assert set(metrics) == {f"test/{k}" for k in ("gap", "map", "map_all_classes", "hit_at_one", "perr")}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    # What the user gives wins over the checkpoint's hyper-parameters: the same weights tested at another k.
+    run_ok(["test", student_config, *data, f"--ckpt_path={student}", f"--metrics_json={tmp_path}/test_k3.json",
+            "--model.init_args.sampler.init_args.k=3"])
+    assert json.loads((tmp_path / "test_k3.json").read_text()) != metrics
+    run_ok(["test", student_config, *data, f"--ckpt_path={student}", f"--metrics_json={tmp_path}/test_k6.json"])
+    assert json.loads((tmp_path / "test_k6.json").read_text()) == metrics
+    # A constructor's error while the config is built is one line, not jsonargparse's list of every type it tried.
+    message = run_error(["test", student_config, *data, f"--ckpt_path={student}", "--model.init_args.sampler.init_args.k=4"],
+                        capsys)
+    assert message.startswith("error: k=4 is not a multiple of the student's HRNN block_length=3")
 
     predictions = tmp_path / "predictions.csv"
     run_ok(["predict", student_config, *data, f"--ckpt_path={student}",

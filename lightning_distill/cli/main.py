@@ -65,8 +65,11 @@ def main(args: Sequence[str] | None = None) -> None:
             from lightning_distill.cli.parsing import PlainParser
 
             auto_cli({command: getattr(module, command)}, args=argv, parser_class=PlainParser)
-    except VDistillError as error:
-        _fail(str(error))
+    except Exception as error:
+        user_error = _user_error(error)
+        if user_error is None:
+            raise
+        _fail(str(user_error))
     finally:
         # The run directory a model command chose is for the ranks it launched, not for a caller's next command.
         if handed_run_dir is None:
@@ -91,6 +94,20 @@ def _print_help() -> None:
 def _did_you_mean(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _user_error(error: BaseException) -> VDistillError | None:
+    """``error`` if it is a ``VDistillError``, else the first one in its chain of causes: jsonargparse wraps what a
+    constructor raises while it builds the configured classes (``k=20 is not a multiple ...``) in a ValueError that
+    lists every type it tried."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, VDistillError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _fail(message: str) -> None:

@@ -154,15 +154,30 @@ class VDistillCLI(LightningCLI):
             "(default: <run dir>/predictions.csv).",
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # The model settings the user gave (config files and flags), without the parser's defaults: kept so that they
+        # win over a checkpoint's hyper-parameters (``_parse_ckpt_path``).
+        self._given = parser.parse_object(args, defaults=False) if isinstance(args, dict) else parser.parse_args(
+            args, defaults=False
+        )
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI rebuilds the model from the checkpoint's hyper-parameters; check the file first so a
         # missing, corrupt or foreign checkpoint is one clear line rather than a deep torch traceback.
         subcommand = self.config.get("subcommand")
-        if subcommand:
-            ckpt_path = self.config[subcommand].get("ckpt_path")
-            if ckpt_path:
-                check_checkpoint(ckpt_path, self.config[subcommand].get("model"))
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if ckpt_path:
+            check_checkpoint(ckpt_path, self.config[subcommand].get("model"))
         super()._parse_ckpt_path()
+        # LightningCLI puts the checkpoint's hyper-parameters over everything the user gave, so `vdistill test
+        # --ckpt_path P --model.init_args.sampler.init_args.k 10` would test at the k the model was trained at. The
+        # checkpoint fills in what the user left out; what they gave wins.
+        given = self._given.get(subcommand)
+        if ckpt_path and given is not None and given.get("model") is not None:
+            self.config = self.parser.parse_object({subcommand: {"model": given.model}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         """Direct every file the command writes into its run directory (``cli/run_directory.py``), and show what a
