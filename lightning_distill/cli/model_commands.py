@@ -156,11 +156,11 @@ class VDistillCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
-        # The model settings the user gave (config files and flags), without the parser's defaults: kept so that they
-        # win over a checkpoint's hyper-parameters (``_parse_ckpt_path``).
-        self._given = parser.parse_object(args, defaults=False) if isinstance(args, dict) else parser.parse_args(
-            args, defaults=False
-        )
+        # The settings the user gave (config files and flags), without the parser's defaults: kept so that their model
+        # settings win over a checkpoint's hyper-parameters (``_parse_ckpt_path``). Not validated: without defaults
+        # some are incomplete (a CSVLogger's save_dir is filled in later, cli/outputs.py).
+        parse = parser.parse_object if isinstance(args, dict) else parser.parse_args
+        self._given = parse(args, defaults=False, _skip_validation=True)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI rebuilds the model from the checkpoint's hyper-parameters; check the file first so a
