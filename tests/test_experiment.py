@@ -17,8 +17,10 @@ from lightning_distill.config_files import deep_merge, load_config
 from lightning_distill.experiment.cell_config import cell_configs
 from lightning_distill.experiment.grid import Grid, StudentVariant, expand_grid, row_labels
 from lightning_distill.atomic_files import write_json_atomic
+from lightning_distill.experiment import runner
 from lightning_distill.experiment.layout import ExperimentLayout
 from lightning_distill.experiment.report import CostEntry, method_series, write_report
+from lightning_distill.experiment.runner import CellRun, Slot, cell_commands, run_cells
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FILES = {"train_files": "t/*.tfrecord", "val_files": "v/*.tfrecord", "test_files": "x/*.tfrecord"}
@@ -92,6 +94,8 @@ def test_rows_follow_table_1_order(configs):
         ({"family": "lstm"}, "does not exist"),
         ({"synthetic": {}}, "both synthetic and data"),
         ({"tsne_videos": -1}, "negative"),
+        ({"students": [StudentVariant("parallel", ["ce"], train_ks=[6, 30])]}, "trained Serial"),
+        ({"students": [StudentVariant("serial", ["ce"], train_ks=[6, 0])]}, "train_ks"),
     ],
 )
 def test_invalid_grids_raise_config_error(configs, changes, message):
@@ -315,3 +319,51 @@ def test_cell_configs_apply_the_cell_choices_and_keep_every_run_in_its_own_direc
     base_pred = load_config(REPO / "configs" / "role" / "parallel.yaml")["model"]["init_args"]["loss"]["pred"]
     assert list(parallel["loss"]) == ["pred", "ce"]
     assert parallel["loss"]["pred"]["init_args"] == {**base_pred["init_args"], "weight": 0.5}
+
+
+def test_an_any_k_student_is_trained_once_per_seed_and_tested_at_every_k(tmp_path):
+    variant = StudentVariant("serial", ["pred", "ce"], train_ks=[6, 9, 12], module={"teacher_targets": "live"})
+    grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6, 12, 30], baselines=[], students=[variant])
+    layout = ExperimentLayout(tmp_path)
+    cells = {cell.name: cell for cell in expand_grid(grid)}
+    assert variant.label == "Serial L_pred, L_CE (any-k)"
+    trainer = cells["serial-pred_ce-any-k-k6-s0"]
+    assert trainer.trained_by is None and trainer.waits_for == ["teacher-s0"]
+    for k in (12, 30):
+        cell = cells[f"serial-pred_ce-any-k-k{k}-s0"]
+        assert cell.trained_by == trainer.name and cell.waits_for == ["teacher-s0", trainer.name]
+        run = CellRun(cell, cell_configs(cell, grid, layout, dict(FILES)), "f")
+        # Only a test: the trainer cell's checkpoint, at this cell's k (its config's sampler).
+        (command,) = cell_commands(run, layout)
+        assert command[0] == "test" and command[command.index("--ckpt_path") + 1] == str(layout.checkpoint(trainer.name))
+        init_args = run.fits[-1].config["model"]["init_args"]
+        assert init_args["sampler"]["init_args"] == {"k": k}
+        assert init_args["train_sampler"] == {"class_path": "lightning_distill.data.samplers.AnyKSampler",
+                                              "init_args": {"ks": [6, 9, 12], "selection": "uniform"}}
+        assert init_args["teacher_targets"] == "live"  # the variant's module settings
+    first = CellRun(trainer, cell_configs(trainer, grid, layout, dict(FILES)), "f")
+    assert [command[0] for command in cell_commands(first, layout)] == ["fit", "test"]
+
+
+def test_cells_start_only_after_the_cells_they_wait_for(tmp_path, monkeypatch):
+    grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6, 12], baselines=["uniform"],
+                students=[StudentVariant("serial", ["ce"], train_ks=[6, 12])], seeds=[0])
+    layout = ExperimentLayout(tmp_path)
+    runs = [CellRun(cell, cell_configs(cell, grid, layout, dict(FILES)), cell.name) for cell in expand_grid(grid)]
+    started: list[str] = []
+
+    def execute(run, layout, slot):
+        finished = {name for name in started if layout.done(name).is_file()}
+        assert set(run.cell.waits_for) <= finished, f"{run.cell.name} started before {run.cell.waits_for}"
+        started.append(run.cell.name)
+        layout.cell_dir(run.cell.name).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(layout.done(run.cell.name), {"fingerprint": run.fingerprint})
+        return run.cell.name != "serial-ce-any-k-k6-s0", 1.0  # the any-k trainer fails
+
+    monkeypatch.setattr(runner, "execute_cell", execute)
+    failed = run_cells(runs, layout, [Slot({}, []), Slot({}, [])])
+    # The cell testing the failed trainer's checkpoint is skipped, not run.
+    assert sorted(failed) == ["serial-ce-any-k-k12-s0", "serial-ce-any-k-k6-s0"]
+    assert "serial-ce-any-k-k12-s0" not in started
+    assert started[0] == "teacher-s0" and set(started) == {"teacher-s0", "uniform-k6-s0", "uniform-k12-s0",
+                                                         "serial-ce-any-k-k6-s0"}

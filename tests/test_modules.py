@@ -9,7 +9,7 @@ from lightning.pytorch.cli import LightningCLI
 from torch.utils.data import DataLoader
 
 from lightning_distill.data.batch import FrameView, VideoBatch
-from lightning_distill.data.samplers import AllFramesSampler, FirstSampler, FrameSampler, UniformSampler
+from lightning_distill.data.samplers import AllFramesSampler, AnyKSampler, FirstSampler, FrameSampler, UniformSampler
 from lightning_distill.errors import ConfigError, DataError
 from lightning_distill.models import HRNN, MoEHead, NetVLAD, NeXtVLAD
 from lightning_distill.training.losses import classification_loss
@@ -294,6 +294,43 @@ def test_serial_student_resumes_from_its_checkpoint(teacher_ckpt, tmp_path):
     assert all(torch.equal(teacher_now[k], v) for k, v in teacher_saved.items() if k.startswith(("encoder.", "head.")))
 
 
+def test_any_k_student_trains_at_drawn_ks_and_is_evaluated_at_a_k_chosen_at_run_time(teacher_ckpt, tmp_path):
+    torch.manual_seed(0)
+    data = TinyVideos(num_videos=48, batch_size=4)
+    student = StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4),
+                            train_sampler=AnyKSampler([2, 4, 6]))
+    assert isinstance(student.frame_views("fit")["student"], AnyKSampler)
+    assert student.frame_views("validate") == {"student": student.sampler}
+    widths = []
+
+    class RecordWidths(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            widths.append(batch.views["student"].frames.shape[1])
+
+    fitter = trainer(max_steps=12, callbacks=[RecordWidths()])
+    fitter.fit(student, datamodule=data)
+    assert set(widths) == {2, 4, 6}  # 12 batches, a k drawn for each
+    path = tmp_path / "any_k.ckpt"
+    fitter.save_checkpoint(path)
+
+    # The same weights evaluated at two ks: the k is the sampler given when the checkpoint is loaded.
+    predictions = {}
+    for k in (2, 6):
+        module = StudentModule.load_from_checkpoint(path, weights_only=True, encoder=hrnn(block_length=2),
+                                                    sampler=UniformSampler(k))
+        assert module.frame_views("predict")["student"].k == k
+        batches = trainer().predict(module, datamodule=data)
+        predictions[k] = torch.cat([b["probabilities"] for b in batches])
+        assert same(state(module.encoder), state(student.encoder))
+    assert not torch.allclose(predictions[2], predictions[6])
+
+
+def test_any_k_student_checks_every_k_against_the_blocks(teacher_ckpt):
+    with pytest.raises(ConfigError, match="k=3 is not a multiple"):
+        StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4),
+                      train_sampler=AnyKSampler([2, 3, 4]))
+
+
 def test_two_stage_rep_recipe(teacher_ckpt, tmp_path):
     """Stage 1 fits L_rep alone; stage 2 fits L_CE from the stage-1 weights, without the teacher."""
     torch.manual_seed(0)
@@ -475,6 +512,7 @@ def cli_model(class_name: str, init_args: dict) -> VideoClassifierModule:
         args={
             "model": {"class_path": f"lightning_distill.training.{class_name}", "init_args": init_args},
             "trainer": {"logger": False, "enable_checkpointing": False},
+            "seed_everything": 0,  # explicit: LightningCLI warns when it has to choose one
         },
     )
     return cli.model

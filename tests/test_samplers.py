@@ -7,6 +7,7 @@ import torch
 
 from lightning_distill.data.samplers import (
     AllFramesSampler,
+    AnyKSampler,
     FirstMiddleLastSampler,
     FirstSampler,
     LastSampler,
@@ -105,3 +106,23 @@ def test_k_below_one_is_a_config_error(sampler_cls):
 def test_over_padded_k_beyond_max_frames_is_a_config_error():
     with pytest.raises(ConfigError, match="max_frames"):
         UniformSampler(301, over_padded=True)
+
+
+def test_any_k_draws_one_k_per_batch_from_its_generator_and_selects_like_that_k():
+    sampler = AnyKSampler([2, 4, 7], selection="uniform")
+    assert sampler.k == 7
+    views = {seed: sampler.indices(LENGTHS, torch.Generator().manual_seed(seed)) for seed in range(40)}
+    for seed, view in views.items():
+        k = view.shape[1]
+        assert torch.equal(view, UniformSampler(k).indices(LENGTHS))
+        assert torch.equal(view, sampler.indices(LENGTHS, torch.Generator().manual_seed(seed)))  # repeatable
+    counts = {k: sum(view.shape[1] == k for view in views.values()) for k in (2, 4, 7)}
+    # 40 draws of 3 equally likely ks: each expected 13.3 times; fewer than 5 has probability < 1e-3.
+    assert all(count >= 5 for count in counts.values()), counts
+
+
+@pytest.mark.parametrize(("ks", "selection", "message"), [([], "uniform", "ks=\\[\\]"), ([0, 4], "uniform", ">= 1"),
+                                                          ([4], "evenly", "choose from uniform")])
+def test_any_k_bad_settings_are_config_errors(ks, selection, message):
+    with pytest.raises(ConfigError, match=message):
+        AnyKSampler(ks, selection)

@@ -244,8 +244,43 @@ class FirstMiddleLastSampler(KFrameSampler):
         return torch.cat([first, middle, last], dim=1)
 
 
+class AnyKSampler(FrameSampler):
+    """A k drawn afresh for every batch from ``ks``, then that k's frames by the ``selection`` scheme: the training
+    view of an any-k student (one student for every k, see ``StudentModule``'s ``train_sampler``).
+
+    The draw comes from the batch's generator, so it is repeatable (the data module seeds one per batch from
+    seed, epoch and batch number) and every video of a batch has the same k, so a batch stays one (B, k) tensor.
+    ``k`` is the largest of ``ks``: the most frames a batch can ask for, which is what the data's ``max_frames``
+    is checked against.
+
+    Args:
+        ks: the frame counts to train at (each >= 1); a k listed twice is drawn twice as often.
+        selection: the k-frame scheme at the drawn k, a ``FrameSampler.registry`` key (``uniform``, ``random``,
+            ...).
+    """
+
+    def __init__(self, ks: list[int], selection: str = "uniform") -> None:
+        if not ks or any(k < 1 for k in ks):
+            raise ConfigError(f"AnyKSampler(ks={ks}): list frame counts >= 1 to train at, e.g. [6, 10, 15, 20, 30]")
+        if selection not in FrameSampler.registry:
+            known = ", ".join(FrameSampler.registry)
+            raise ConfigError(f"AnyKSampler(selection={selection!r}) is unknown: choose from {known}")
+        self.ks = list(ks)
+        self.samplers = [FrameSampler.registry[selection](k) for k in self.ks]
+        self.selection = selection
+        self.k = max(self.ks)
+
+    def indices(self, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(B,) -> (B, k) long, for one k drawn from ``ks``."""
+        choice = int(torch.randint(len(self.samplers), (1,), generator=generator))
+        return self.samplers[choice].indices(lengths, generator)
+
+    def __repr__(self) -> str:
+        return f"AnyKSampler(ks={self.ks}, selection={self.selection!r})"
+
 __all__ = [
     "AllFramesSampler",
+    "AnyKSampler",
     "FirstMiddleLastSampler",
     "FirstSampler",
     "FrameSampler",

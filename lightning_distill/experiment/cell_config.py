@@ -16,6 +16,7 @@ from typing import Any
 
 from lightning_distill.class_paths import class_path
 from lightning_distill.config_files import deep_merge, load_config
+from lightning_distill.data.samplers import AnyKSampler
 from lightning_distill.experiment.grid import BASELINES, LOSS_TERMS, Cell, Grid
 from lightning_distill.experiment.layout import ExperimentLayout, checkpoint_path
 
@@ -113,6 +114,10 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
         init_args["loss"] = loss_terms(
             cell.variant.losses, cell.variant.weights, init_args.get("loss") or {}, cell.variant.options
         )
+        config["model"]["init_args"] = deep_merge(init_args, cell.variant.module)
+        if cell.variant.train_ks:
+            any_k = {"ks": list(cell.variant.train_ks), "selection": cell.sampler}
+            config["model"]["init_args"]["train_sampler"] = {"class_path": class_path(AnyKSampler), "init_args": any_k}
 
     final = FitRun(
         layout.config(cell.name), layout.fit_dir(cell.name), with_run_settings(config, cell.name, cell.seed, grid)

@@ -43,6 +43,10 @@ class StudentVariant:
         weights: optional weight per term (default: the base config's weights, else 1).
         options: optional settings per term, e.g. ``{rep: {form: standardized}}`` (merged into its init_args).
         tag: tells variants of the same mode and losses apart (``parallel-rep_pred_ce-std``); shown in the label.
+            An any-k variant without a tag is tagged ``any-k``.
+        module: further init_args of the variant's module, e.g. ``{warmup_epochs: 1}`` for a Parallel student.
+        train_ks: makes an any-k student (Serial only): ONE student per seed, trained with a k drawn per batch from
+            these (``AnyKSampler``) and tested at every k of the grid, each k's cell testing that one checkpoint.
     """
 
     mode: str
@@ -50,6 +54,12 @@ class StudentVariant:
     weights: dict[str, float] = field(default_factory=dict)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     tag: str = ""
+    module: dict[str, Any] = field(default_factory=dict)
+    train_ks: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_ks and not self.tag:
+            self.tag = "any-k"
 
     @property
     def slug(self) -> str:
@@ -124,6 +134,8 @@ class Cell:
         sampler: the sampler's key (``FrameSampler.registry``) for k-frame models, else None.
         variant: the teacher-student recipe, for ``serial``/``parallel`` cells.
         teacher: name of the cell whose checkpoint a serial student distils from (it must finish first).
+        trained_by: for an any-k student at its second and later k, the cell (of its first k) that trains it: this
+            cell only tests that cell's checkpoint at its own k.
     """
 
     name: str
@@ -135,6 +147,12 @@ class Cell:
     sampler: str | None = None
     variant: StudentVariant | None = None
     teacher: str | None = None
+    trained_by: str | None = None
+
+    @property
+    def waits_for(self) -> list[str]:
+        """The cells that must finish before this one starts."""
+        return [name for name in (self.teacher, self.trained_by) if name is not None]
 
 
 TEACHER_METHOD = "Teacher"
@@ -188,6 +206,11 @@ def _check_variant(variant: StudentVariant) -> None:
     stray = [t for t in [*variant.weights, *variant.options] if t not in variant.losses]
     if stray:
         raise ConfigError(f"weights or options for {stray} in {variant.slug} are not among its losses {variant.losses}")
+    if variant.train_ks is not None:
+        if variant.mode != "serial":
+            raise ConfigError(f"{variant.slug} sets train_ks, but an any-k student is trained Serial: use mode serial")
+        if not variant.train_ks or any(not isinstance(k, int) or k < 1 for k in variant.train_ks):
+            raise ConfigError(f"train_ks {variant.train_ks} of {variant.slug}: list frame counts >= 1, e.g. [6, 10, 30]")
 
 
 def _roles(grid: Grid) -> list[str]:
@@ -208,7 +231,8 @@ def expand_grid(grid: Grid) -> list[Cell]:
     """Check ``grid`` and list its cells: per seed the teacher, then baselines and students for every k.
 
     Serial students name their seed's teacher cell, whose checkpoint they distil from; parallel students train
-    their own teacher and depend on nothing.
+    their own teacher and depend on nothing. An any-k student is trained by its cell at the grid's first k; its
+    cells at the other ks name that one (``trained_by``).
     """
     check_grid(grid)
     cells: list[Cell] = []
@@ -221,6 +245,7 @@ def expand_grid(grid: Grid) -> list[Cell]:
                 path = base_config_paths(grid, "baseline")
                 cells.append(Cell(f"{baseline}-k{k}-s{seed}", "baseline", label, k, seed, path, sampler=baseline))
             for variant in grid.students:
+                trainer = f"{variant.slug}-k{grid.ks[0]}-s{seed}" if variant.train_ks and k != grid.ks[0] else None
                 cells.append(
                     Cell(
                         name=f"{variant.slug}-k{k}-s{seed}",
@@ -232,6 +257,7 @@ def expand_grid(grid: Grid) -> list[Cell]:
                         sampler="uniform",  # the paper's students all see Uniform-k frames
                         variant=variant,
                         teacher=teacher if variant.mode == "serial" else None,
+                        trained_by=trainer,
                     )
                 )
     return cells

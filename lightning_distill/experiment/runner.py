@@ -58,7 +58,7 @@ class CellRun:
     Attributes:
         cell: the grid cell.
         fits: the fits in order (the last is the cell's ``config.yaml``, whose checkpoint is tested).
-        fingerprint: hash of the configs (and the teacher's fingerprint), recorded in ``done.json``.
+        fingerprint: hash of the configs (and the fingerprints of the cells it waits for), recorded in ``done.json``.
     """
 
     cell: Cell
@@ -159,8 +159,9 @@ def write_cell_configs(cells: list[Cell], grid: Grid, layout: ExperimentLayout, 
     for cell in cells:
         fits = cell_configs(cell, grid, layout, data)
         texts = [dump_yaml(fit.config) for fit in fits]
-        teacher = runs[cell.teacher].fingerprint if cell.teacher else ""
-        fingerprint = hashlib.sha256("\n".join([*texts, teacher, synthetic]).encode()).hexdigest()
+        # [""] for a cell that waits for none keeps the fingerprints (and so the finished cells) of earlier versions.
+        upstream = [runs[name].fingerprint for name in cell.waits_for] or [""]
+        fingerprint = hashlib.sha256("\n".join([*texts, *upstream, synthetic]).encode()).hexdigest()
         run = CellRun(cell, fits, fingerprint)
         runs[cell.name] = run
         if is_finished(run, layout):
@@ -179,27 +180,29 @@ def is_finished(run: CellRun, layout: ExperimentLayout) -> bool:
 
 
 def cell_commands(run: CellRun, layout: ExperimentLayout) -> list[list[str]]:
-    """The ``vdistill`` arguments that train and test the cell, in order."""
+    """The ``vdistill`` arguments that train and test the cell, in order (only the test when another cell trains
+    its model: an any-k student's cell at a later k)."""
     name = run.cell.name
     fits = [["fit", "--config", str(fit.config_path), "--run_dir", str(fit.run_dir)] for fit in run.fits]
     test = [
         "test",
         "--config", str(layout.config(name)),
-        "--ckpt_path", str(layout.checkpoint(name)),
+        "--ckpt_path", str(layout.checkpoint(run.cell.trained_by or name)),
         "--metrics_json", str(layout.test_metrics(name)),
         "--run_dir", str(layout.test_dir(name)),
     ]  # fmt: skip
-    return [*fits, test]
+    return [test] if run.cell.trained_by else [*fits, test]
 
 
 def run_cells(runs: list[CellRun], layout: ExperimentLayout, slots: list[Slot]) -> list[str]:
-    """Run the unfinished cells, at most one per slot at a time, each only after its teacher has finished.
+    """Run the unfinished cells, at most one per slot at a time, each only after the cells it waits for (its
+    teacher, the cell that trains it) have finished.
 
     The console shows one progress line (cells done, running, left, and an estimate of the time left from the
     cells finished so far) and one line per finished or failed cell; each cell's commands and output go to its
     ``log.txt``.
 
-    Returns the names of the cells that failed, or were skipped because their teacher failed.
+    Returns the names of the cells that failed, or were skipped because a cell they wait for failed.
     """
     state = {run.cell.name: "done" if is_finished(run, layout) else "pending" for run in runs}
     # The critical path first (teachers, then the Serial students waiting for them), then the longest cells
@@ -215,12 +218,13 @@ def run_cells(runs: list[CellRun], layout: ExperimentLayout, slots: list[Slot]) 
     with ThreadPoolExecutor(max_workers=len(slots)) as pool, progress:
         while pending or running:
             for run in list(pending):
-                teacher = state.get(run.cell.teacher) if run.cell.teacher else "done"
-                if teacher == "failed":
+                upstream = [state[name] for name in run.cell.waits_for]
+                if "failed" in upstream:
                     state[run.cell.name] = "failed"
                     pending.remove(run)
-                    progress.ended(run.cell.name, f"[red]skipped[/red] {run.cell.name}: its teacher failed", 0.0)
-                elif teacher == "done" and free:
+                    failed = ", ".join(name for name in run.cell.waits_for if state[name] == "failed")
+                    progress.ended(run.cell.name, f"[red]skipped[/red] {run.cell.name}: {failed} failed", 0.0)
+                elif all(status == "done" for status in upstream) and free:
                     slot = free.pop(0)
                     running[pool.submit(execute_cell, run, layout, slot)] = (run, slot)
                     pending.remove(run)

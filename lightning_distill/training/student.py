@@ -85,6 +85,9 @@ class StudentModule(VideoClassifierModule):
         optimizer: builds the optimiser from the student's parameters.
         lr_scheduler: builds a per-epoch learning-rate schedule, or None for a constant rate.
         teacher_targets: ``cached`` (compute the teacher's outputs once, see above) or ``live``.
+        train_sampler: the student's frames in training batches; default: ``sampler``. An ``AnyKSampler`` makes an
+            any-k student: trained at a k drawn per batch, it is evaluated (and predicts) at ``sampler``'s k, which
+            a later ``vdistill test``/``predict`` may set to any value (``--model.init_args.sampler.init_args.k``).
     """
 
     evaluated_roles = ("student",)
@@ -103,6 +106,7 @@ class StudentModule(VideoClassifierModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         teacher_targets: Literal["cached", "live"] = "cached",
+        train_sampler: FrameSampler | None = None,
     ) -> None:
         super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30))
         teacher_sampler = teacher_sampler or AllFramesSampler()
@@ -121,6 +125,9 @@ class StudentModule(VideoClassifierModule):
         self.init_from = init_from
         self.teacher_sampler = teacher_sampler
         self.teacher_targets = teacher_targets
+        self.train_sampler = train_sampler or self.sampler
+        for k in getattr(self.train_sampler, "ks", [self.train_sampler.k]):
+            check_blocks(self.encoder, UniformSampler(k), "student's training view", adapt=False)
         # Loaded by setup("fit"): evaluating a student never needs its teacher. With cached targets only the
         # teacher's head (the student's starting head) is kept.
         self.teacher: TeacherModule | None = None
@@ -134,8 +141,8 @@ class StudentModule(VideoClassifierModule):
 
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
         if stage == "fit" and self.criterion.needs_teacher and self._teacher_head is None:
-            return {"teacher": self.teacher_sampler, "student": self.sampler}
-        return {"student": self.sampler}
+            return {"teacher": self.teacher_sampler, "student": self.train_sampler}
+        return {"student": self.train_sampler if stage == "fit" else self.sampler}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
