@@ -1,8 +1,9 @@
 """Frame samplers: which frames of each video a model sees.
 
 The teacher sees every frame (``AllFramesSampler``); a student sees k frames chosen by one of the paper's
-selection schemes (Uniform-k, Random-k, First-k, Middle-k, Last-k, First-Middle-Last-k). Samplers live in the
-data path, not in the model, so the loader reads only the chosen frames from disk.
+selection schemes (Uniform-k, Random-k, First-k, Middle-k, Last-k, First-Middle-Last-k); an any-k student trains
+with ``AnyKSampler``, a k drawn per batch. Samplers live in the data path, not in the model, so the loader reads
+only the chosen frames from disk.
 
 Every k-frame sampler places its k slots over the video's TRUE length. A video shorter than k still fills all
 k slots: the sampler chooses k positions on a virtual length ``V = max(length, k)`` and maps position v to
