@@ -156,27 +156,24 @@ class VDistillCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
-        # The settings the user gave (config files and flags), without the parser's defaults: kept so that their model
-        # settings win over a checkpoint's hyper-parameters (``_parse_ckpt_path``). Not validated: without defaults
-        # some are incomplete (a CSVLogger's save_dir is filled in later, cli/outputs.py).
-        parse = parser.parse_object if isinstance(args, dict) else parser.parse_args
-        self._given = parse(args, defaults=False, _skip_validation=True)
+        self._args = args  # what the user gave, parsed again by _parse_ckpt_path when there is a checkpoint
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI rebuilds the model from the checkpoint's hyper-parameters; check the file first so a
         # missing, corrupt or foreign checkpoint is one clear line rather than a deep torch traceback.
         subcommand = self.config.get("subcommand")
-        if not subcommand:
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path:
             return
-        ckpt_path = self.config[subcommand].get("ckpt_path")
-        if ckpt_path:
-            check_checkpoint(ckpt_path, self.config[subcommand].get("model"))
+        check_checkpoint(ckpt_path, self.config[subcommand].get("model"))
         super()._parse_ckpt_path()
         # LightningCLI puts the checkpoint's hyper-parameters over everything the user gave, so `vdistill test
         # --ckpt_path P --model.init_args.sampler.init_args.k 10` would test at the k the model was trained at. The
-        # checkpoint fills in what the user left out; what they gave wins.
-        given = self._given.get(subcommand)
-        if ckpt_path and given is not None and given.get("model") is not None:
+        # checkpoint fills in what the user left out; what they gave wins. Their settings without the parser's
+        # defaults, not validated: without defaults some are incomplete (a CSVLogger's save_dir comes later).
+        parse = self.parser.parse_object if isinstance(self._args, dict) else self.parser.parse_args
+        given = parse(self._args, defaults=False, _skip_validation=True).get(subcommand)
+        if given is not None and given.get("model") is not None:
             self.config = self.parser.parse_object({subcommand: {"model": given.model}}, self.config)
 
     def before_instantiate_classes(self) -> None:
