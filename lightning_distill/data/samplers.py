@@ -21,16 +21,17 @@ In YAML a sampler is chosen by class path::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from lightning_distill.class_paths import Keyed
 from lightning_distill.data.yt8m import MAX_FRAMES
 from lightning_distill.errors import ConfigError
 
 
-class FrameSampler(ABC):
+class FrameSampler(Keyed, ABC):
     """Chooses frame indices per video from each video's true length.
 
     ``indices`` returns a (B, T) long tensor of frame indices into each video, sorted along T; -1 marks a
@@ -48,14 +49,8 @@ class FrameSampler(ABC):
     """
 
     k: int | None = None
-    key: ClassVar[str | None] = None
     label: ClassVar[str | None] = None
     registry: ClassVar[dict[str, type[FrameSampler]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("key"):
-            FrameSampler.registry[cls.key] = cls
 
     @abstractmethod
     def indices(self, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from lightning_distill.class_paths import Keyed
+
 
 @dataclass
 class EncoderOutput:
@@ -24,7 +26,7 @@ class EncoderOutput:
     intermediate: Tensor | None = None
 
 
-class VideoEncoder(nn.Module, ABC):
+class VideoEncoder(Keyed, nn.Module, ABC):
     """Frames (B, T, D) + mask (B, T) -> ``EncoderOutput``. Knows nothing of labels, files or Lightning.
 
     Padded slots (mask False) must not change the output: a video gives the same representation however much
@@ -42,13 +44,7 @@ class VideoEncoder(nn.Module, ABC):
 
     input_dim: int
     output_dim: int
-    key: ClassVar[str | None] = None
     registry: ClassVar[dict[str, type[VideoEncoder]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("key"):
-            VideoEncoder.registry[cls.key] = cls
 
     @abstractmethod
     def forward(self, frames: Tensor, mask: Tensor) -> EncoderOutput:

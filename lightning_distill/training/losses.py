@@ -16,12 +16,13 @@ NeXtVLAD re-implementation::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_distill.class_paths import Keyed
 from lightning_distill.errors import ConfigError
 from lightning_distill.training.outputs import ModelOutput
 
@@ -162,7 +163,7 @@ def prediction_loss(
         raise ConfigError(f"prediction_loss distance must be 'kl' or 'squared', got {distance!r}")
 
 
-class LossTerm(nn.Module, ABC):
+class LossTerm(Keyed, nn.Module, ABC):
     """One named part of a student's loss: ``forward`` returns its unweighted value, ``DistillLoss`` weighs it.
 
     Args:
@@ -180,15 +181,9 @@ class LossTerm(nn.Module, ABC):
     """
 
     teacher_outputs: frozenset[str] = frozenset()
-    key: ClassVar[str | None] = None
     symbol: ClassVar[str] = ""
     trains_head: ClassVar[bool] = True
     registry: ClassVar[dict[str, type[LossTerm]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("key"):
-            LossTerm.registry[cls.key] = cls
 
     @property
     def needs_teacher(self) -> bool:
