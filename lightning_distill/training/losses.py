@@ -75,12 +75,19 @@ def representation_loss(e_teacher: Tensor, e_student: Tensor, form: Representati
     """
     form = _checked_form(form)
     with _float32_context(e_student):
-        e_t, e_s = e_teacher.detach().float(), e_student.float()
-        if form == "raw":
-            return (e_t - e_s).pow(2).sum(dim=1).mean()
-        if form == "standardized":
-            return ((e_t - e_s) / teacher_scale(e_t)).pow(2).mean(dim=1).mean()
-        return (1 - F.cosine_similarity(e_s, e_t, dim=1)).mean()
+        e_t = e_teacher.detach().float()
+        return _distance(e_t, e_student.float(), form).mean()
+
+
+def _distance(teacher: Tensor, student: Tensor, form: RepresentationForm, real: Tensor | None = None) -> Tensor:
+    """(..., E) teacher and student states -> (...) distance over the last dim in ``form``. ``standardized`` divides
+    by the teacher's spread (``teacher_scale``) over its real rows: ``teacher[real]`` for a mask, else every row."""
+    if form == "raw":
+        return (teacher - student).pow(2).sum(dim=-1)
+    if form == "standardized":
+        scale = teacher_scale(teacher if real is None else teacher[real])
+        return ((teacher - student) / scale).pow(2).mean(dim=-1)
+    return 1 - F.cosine_similarity(student, teacher, dim=-1)
 
 
 def teacher_scale(values: Tensor) -> Tensor:
@@ -113,14 +120,7 @@ def intermediate_representation_loss(
         # Padding (-1) reads slot 0 and is then zeroed by the mask.
         index = student_positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, i_teacher.shape[-1])
         teacher_at_student = i_teacher.detach().float().gather(1, index)
-        student = i_student.float()
-        if form == "raw":
-            per_slot = (teacher_at_student - student).pow(2).sum(dim=-1)
-        elif form == "standardized":
-            scale = teacher_scale(teacher_at_student[mask])
-            per_slot = ((teacher_at_student - student) / scale).pow(2).mean(dim=-1)
-        else:
-            per_slot = 1 - F.cosine_similarity(student, teacher_at_student, dim=-1)
+        per_slot = _distance(teacher_at_student, i_student.float(), form, mask)
         return (per_slot * mask.float()).sum(dim=1).mean()
 
 
