@@ -228,7 +228,7 @@ class RepresentationLoss(LossTerm):
     Args:
         weight: multiplies the term in the total.
         form: ``"raw"`` (the paper's sum of squares, whose scale depends on the encoder), ``"standardized"``
-            (per-dimension, by the teacher's spread: weight 1 means the same for every family) or ``"cosine"``.
+            (per-dimension, by the teacher's spread: far less dependent on the family than raw) or ``"cosine"``.
     """
 
     key = "rep"
