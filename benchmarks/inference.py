@@ -33,7 +33,7 @@ from lightning_distill.cli.allocator import keep_freed_memory
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.loading import BatchRequest, VideoBatchDataset
 from lightning_distill.data.video_record import VideoRecord
-from lightning_distill.evaluation.flops import count_macs
+from lightning_distill.evaluation.flops import inference_macs_by_part
 from lightning_distill.evaluation.metrics import YT8MMetrics
 
 # The tests' store writer: benchmarks, like tests, build stores from in-memory records.
@@ -100,9 +100,7 @@ def steady_state(config: Path, store: Path, batch: int, warmup: int, batches: in
                     seconds[stage] += end - begin
                 videos += len(loaded)
     frames = network.frames_per_video(data.max_frames)
-    x = torch.randn(2, frames, network.encoder.input_dim)
-    macs = (count_macs(network.encoder, x, torch.ones(2, frames, dtype=torch.bool)).total
-            + count_macs(network.head, network.encoder(x, torch.ones(2, frames, dtype=torch.bool)).representation).total) / 2
+    macs = sum(inference_macs_by_part(network.encoder, network.head, frames))
     return {"videos": videos, "seconds": seconds, "frames": frames, "macs": macs}
 
 
@@ -139,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| model | frames | GMACs/video | videos/s | read | prepare | encoder | head | metrics | time vs teacher | MACs vs teacher |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     # k=6: the k=30 student config with 6 frames (H-RNN blocks of 3, as configs/tiny and the paper's students).
-    k6 = {"hrnn": ["--model.init_args.sampler.init_args.k=6", "--model.init_args.encoder.init_args.block_length=3"]}
+    k6 = {"hrnn": ["--model.init_args.sampler.init_args.k=6", "--model.init_args.encoder.init_args.student_block_length=3"]}
     for family in args.families:
         models = {
             "teacher": ("teacher", []),
