@@ -274,6 +274,7 @@ class AnyKSampler(FrameSampler):
     def __repr__(self) -> str:
         return f"AnyKSampler(ks={self.ks}, selection={self.selection!r})"
 
+
 __all__ = [
     "AllFramesSampler",
     "AnyKSampler",

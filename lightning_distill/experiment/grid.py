@@ -31,6 +31,7 @@ MODES = ("serial", "parallel")
 # The data module arguments that say where the data is; synthetic data fills them in.
 DATA_FILE_KEYS = ("train_files", "val_files", "test_files")
 
+
 @dataclass
 class StudentVariant:
     """One teacher-student training recipe (a row of the lower half of Table 1).

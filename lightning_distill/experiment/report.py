@@ -345,7 +345,6 @@ def _draw_figures(
     return figures
 
 
-
 def log_to_wandb(layout: ExperimentLayout, report: dict[str, Any], name: str) -> Path:
     """Log the table, the cost table and every figure to an offline W&B run under the experiment directory.
 
