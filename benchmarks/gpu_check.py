@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
               "--trainer.devices=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     fit = [f"--trainer.max_steps={args.steps}", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=2",
            "--trainer.val_check_interval=1.0", "--trainer.check_val_every_n_epoch=1000"]
-    configs = Path(args.configs)
+    configs = Path(args.configs).resolve()  # the commands run in the work directory
     skip = min(10, args.steps // 4)  # steps untimed first; test batches: the first one
     rows = []
     started = time.perf_counter()
