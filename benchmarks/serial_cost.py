@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", default="/tmp/vdistill-bench/serial/work")
     args, extra = parser.parse_known_args(argv)
     data, work = Path(args.data), Path(args.work)
+    configs = Path(args.configs).resolve()  # the commands run in the work directory
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     if not (data / "train0000.tfrecord").exists():
@@ -55,8 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     files = [f"--data.train_files={data}/train*.tfrecord", f"--data.val_files={data}/validate*.tfrecord",
              f"--data.test_files={data}/test*.tfrecord", f"--data.store_dir={data}/stores", "--data.num_classes=16",
              "--trainer.logger=false", "--trainer.enable_progress_bar=false", *extra]
-    teacher_config = f"--config={Path(args.configs) / f'teacher_{args.family}.yaml'}"
-    student_config = f"--config={Path(args.configs) / f'student_{args.family}.yaml'}"
+    teacher_config = f"--config={configs / f'teacher_{args.family}.yaml'}"
+    student_config = f"--config={configs / f'student_{args.family}.yaml'}"
     # Conversion happens once, before any timed fit (a fit converts missing stores itself).
     vdistill("fit", teacher_config, *files, "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
              f"--run_dir={work / 'prepare'}", cwd=work)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         for cache in (data / "stores").glob("train.targets-*.h5*"):
             cache.unlink()  # the next repeat's teacher is a new checkpoint: a new cache anyway
     teacher = statistics.median(seconds["teacher"])
-    print(f"{Path(args.configs).name}/{args.family}: whole `vdistill fit` processes, median of {args.repeats}\n")
+    print(f"{configs.name}/{args.family}: whole `vdistill fit` processes, median of {args.repeats}\n")
     print("| fit | seconds | / teacher |")
     print("|---|---:|---:|")
     for name, values in seconds.items():
