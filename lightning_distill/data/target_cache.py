@@ -5,7 +5,7 @@ L_pred: the probabilities P_T) does not need the teacher to run every step: the 
 mode, so its outputs for a video never change. They are computed in one pass over the store, kept beside it,
 and training batches read each video's row instead of the teacher's 300 frames.
 
-File: ``<store dir>/<store name>.targets-<key>.h5`` (format "vdistill-teacher-targets/1"), datasets
+File: ``<store dir>/<store name>.targets-<key>.h5`` (format "vdistill-teacher-targets/2"), datasets
 ``representation`` (N, E) and ``probabilities`` (N, C), float32, in store order; attributes ``format`` (written
 last: a file without it is unfinished), ``key``, ``teacher``, ``store``, ``build_seconds``.
 
@@ -31,7 +31,8 @@ from lightning_distill.atomic_files import exclusive, remove_stale_temporaries, 
 from lightning_distill.data.frame_store import FrameStore, contiguous_dataset
 from lightning_distill.errors import DataError
 
-FORMAT = "vdistill-teacher-targets/1"
+# /2: targets of the teacher in eval mode; /1 files (train-mode outputs, see student._video_outputs) are rebuilt.
+FORMAT = "vdistill-teacher-targets/2"
 FIELDS = ("representation", "probabilities")
 _HASH_BLOCK = 16 << 20
 

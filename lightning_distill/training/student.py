@@ -241,8 +241,10 @@ class StudentModule(VideoClassifierModule):
 
 
 def _video_outputs(teacher: TeacherModule, view: FrameView) -> dict[str, Tensor]:
-    """What the cache keeps of the teacher's outputs for a view."""
-    output = teacher(view)
+    """What the cache keeps of the teacher's outputs for a view: those of the frozen teacher, in eval mode as where
+    it runs live (dropout off, batch-norm running statistics), not the noisy train-mode outputs of a fresh load."""
+    with eval_mode(teacher):
+        output = teacher(view)
     return {"representation": output.representation, "probabilities": output.probabilities}
 
 
