@@ -96,6 +96,9 @@ def test_rows_follow_table_1_order(configs):
         ({"tsne_videos": -1}, "negative"),
         ({"students": [StudentVariant("parallel", ["ce"], train_ks=[6, 30])]}, "trained Serial"),
         ({"students": [StudentVariant("serial", ["ce"], train_ks=[6, 0])]}, "train_ks"),
+        ({"students": [StudentVariant("parallel", ["pred", "ce"], teachers=["nextvlad-tiny"])]}, "distilled Serial"),
+        ({"students": [StudentVariant("serial", ["pred"], teachers=["hrnn-tiny", "hrnn-tiny"])]}, "each family once"),
+        ({"students": [StudentVariant("serial", ["pred"], teachers=["lstm"])]}, "family lstm does not exist"),
     ],
 )
 def test_invalid_grids_raise_config_error(configs, changes, message):
@@ -343,6 +346,35 @@ def test_an_any_k_student_is_trained_once_per_seed_and_tested_at_every_k(tmp_pat
         assert init_args["teacher_targets"] == "live"  # the variant's module settings
     first = CellRun(trainer, cell_configs(trainer, grid, layout, dict(FILES)), "f")
     assert [command[0] for command in cell_commands(first, layout)] == ["fit", "test"]
+
+
+def test_a_student_of_several_teachers_distils_from_its_seeds_teacher_of_each_family(tmp_path):
+    both = StudentVariant("serial", ["rep", "pred", "ce"], teachers=["hrnn-tiny", "nextvlad-tiny"])
+    other = StudentVariant("serial", ["pred", "ce"], teachers=["nextvlad-tiny"])
+    grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6], baselines=[], seeds=[0, 1],
+                students=[StudentVariant("serial", ["pred", "ce"]), both, other])
+    layout = ExperimentLayout(tmp_path)
+    cells = {cell.name: cell for cell in expand_grid(grid)}
+    assert both.label == "Serial L_rep, L_pred, L_CE (teachers: hrnn-tiny + nextvlad-tiny)"
+    assert row_labels(grid)[1:] == [both.label, other.label]
+    # One teacher of the other family per seed, trained from that family's config parts.
+    extra = cells["teacher-nextvlad-tiny-s1"]
+    assert extra.role == "teacher" and extra.method == "Teacher (nextvlad-tiny)" and extra.seed == 1
+    assert extra.base_configs[1] == REPO / "configs" / "family" / "nextvlad-tiny.yaml"
+    assert sum(c.role == "teacher" for c in cells.values()) == 4
+    ensemble = cells["serial-rep_pred_ce-from-hrnn-tiny+nextvlad-tiny-k6-s1"]
+    assert ensemble.teacher == "teacher-s1" and ensemble.ensemble == ("teacher-nextvlad-tiny-s1",)
+    assert ensemble.waits_for == ["teacher-s1", "teacher-nextvlad-tiny-s1"]
+    init_args = cell_configs(ensemble, grid, layout, dict(FILES))[-1].config["model"]["init_args"]
+    assert init_args["teacher_checkpoint"] == str(layout.checkpoint("teacher-s1"))
+    assert init_args["ensemble_teachers"] == [str(layout.checkpoint("teacher-nextvlad-tiny-s1"))]
+    # Another family's teacher alone: no teacher of the student's own family, and it is not the default one.
+    alone = cells["serial-pred_ce-from-nextvlad-tiny-k6-s0"]
+    assert alone.teacher is None and alone.waits_for == ["teacher-nextvlad-tiny-s0"]
+    init_args = cell_configs(alone, grid, layout, dict(FILES))[-1].config["model"]["init_args"]
+    assert "teacher_checkpoint" not in init_args
+    assert init_args["ensemble_teachers"] == [str(layout.checkpoint("teacher-nextvlad-tiny-s0"))]
+    assert cells["serial-pred_ce-k6-s0"].ensemble == ()
 
 
 def test_cells_start_only_after_the_cells_they_wait_for(tmp_path, monkeypatch):

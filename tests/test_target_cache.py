@@ -70,11 +70,14 @@ def test_cache_holds_the_teacher_outputs_of_every_video_in_store_order(store, tm
         x = x / x.norm(dim=1, keepdim=True)
         expected = x.mean(0)
         assert torch.allclose(torch.from_numpy(cache.read(np.array([index]))["representation"][0]), expected, atol=1e-6)
-    # Training batches carry their videos' rows.
+    # Training batches carry their videos' rows, once attached.
+    assert next(iter(dm.train_dataloader())).targets is None
+    dm.use_teacher_targets([cache])
     batch = next(iter(dm.train_dataloader()))
     rows = cache.read(batch.indices.numpy())
-    assert np.array_equal(batch.targets["representation"].numpy(), rows["representation"])
-    assert np.array_equal(batch.targets["probabilities"].numpy(), rows["probabilities"])
+    assert len(batch.targets) == 1
+    assert np.array_equal(batch.targets[0]["representation"].numpy(), rows["representation"])
+    assert np.array_equal(batch.targets[0]["probabilities"].numpy(), rows["probabilities"])
 
 
 def test_a_new_teacher_or_changed_data_rebuilds_and_nothing_stale_is_used(store, tmp_path):

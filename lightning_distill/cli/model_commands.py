@@ -199,7 +199,9 @@ class VDistillCLI(LightningCLI):
         own_checkpoints = re.escape(str(self.run_dir.resolve() / "checkpoints"))
         warnings.filterwarnings("ignore", message=f"Checkpoint directory {own_checkpoints} exists and is not empty")
         student = config.model.init_args
-        if str(config.model.class_path).endswith("StudentModule") and not (student.teacher_checkpoint or student.init_from):
+        if str(config.model.class_path).endswith("StudentModule") and not (
+            student.teacher_checkpoint or student.init_from or student.ensemble_teachers
+        ):
             student.teacher_checkpoint = str(default_teacher_checkpoint(config.runs_root, config.model))
         if self.subcommand:
             # For the ranks Lightning launches (they rerun this command line): this run, not a new one. main()

@@ -39,8 +39,8 @@ class VideoBatch:
         lengths: (B,) long, each video's true frame count, capped at ``max_frames``.
         views: view name ("teacher", "student") -> ``FrameView``.
         indices: (B,) long, the videos' indices in their frame store.
-        targets: a frozen teacher's cached outputs for these videos (``data/target_cache.py``):
-            ``{"representation": (B, E), "probabilities": (B, C)}`` float32, or None.
+        targets: frozen teachers' cached outputs for these videos (``data/target_cache.py``), one entry per
+            teacher: ``{"representation": (B, E), "probabilities": (B, C)}`` float32; None without targets.
     """
 
     video_ids: list[str]
@@ -48,7 +48,7 @@ class VideoBatch:
     lengths: Tensor
     views: dict[str, FrameView] = field(default_factory=dict)
     indices: Tensor | None = None
-    targets: dict[str, Tensor] | None = None
+    targets: list[dict[str, Tensor]] | None = None
 
     def __len__(self) -> int:
         return len(self.video_ids)

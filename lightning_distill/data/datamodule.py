@@ -119,7 +119,7 @@ class YT8MDataModule(L.LightningDataModule):
         self._configured_classes = num_classes  # what conversion is told: None lets it detect the source version
         self._stores: dict[str, FrameStore] = {}
         self._videos: dict[str, np.ndarray] = {}
-        self._targets: TargetCache | None = None
+        self._targets: list[TargetCache] = []
 
     @property
     def num_classes(self) -> int:
@@ -182,12 +182,7 @@ class YT8MDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: VideoBatch, dataloader_idx: int) -> VideoBatch:
         """On the device: uint8 -> float32 ``q * 4/255 + 4/512 - 2``, exact zeros at padding, then normalise."""
-        for view in batch.views.values():
-            frames = view.frames
-            if frames.dtype == torch.uint8:
-                frames = (frames.float() * DEQUANT_SCALE + DEQUANT_BIAS).masked_fill_(~view.mask[..., None], 0.0)
-            view.frames = self.normalization(frames, view.mask)
-        return batch
+        return _model_inputs(batch, self.normalization)
 
     def teacher_targets(
         self,
@@ -198,11 +193,11 @@ class YT8MDataModule(L.LightningDataModule):
         device: torch.device,
         precision: str = "32-true",
         context: Callable[[], AbstractContextManager] = nullcontext,
+        normalization: FeatureNormalizer | None = None,
     ) -> tuple[TargetCache, bool]:
-        """Give training batches the teacher's outputs for their videos (``VideoBatch.targets``), computed once.
-
-        The outputs are read from the cache beside the train store (``data/target_cache.py``), built first if
-        this teacher, store and view have none: one pass over the store, in store order, on ``device``.
+        """A teacher's outputs for every training video, computed once: its cache beside the train store
+        (``data/target_cache.py``), built first if this teacher, store and view have none: one pass over the store,
+        in store order, on ``device``. ``use_teacher_targets`` attaches caches to the training batches.
 
         Args:
             teacher: a view (dequantised and normalised, on ``device``) -> ``{"representation": (B, E),
@@ -213,14 +208,16 @@ class YT8MDataModule(L.LightningDataModule):
             precision: the trainer's precision setting (part of the cache's key).
             context: entered around each teacher call: the precision's autocast context, so the targets are what
                 the teacher computes while training.
+            normalization: the inputs the teacher was trained on; default: this data module's ``normalization``.
 
         Returns:
             The cache, and whether this call built it.
         """
         if "train" not in self._stores:
             self.setup("fit")
+        normalization = normalization or self.normalization
         path = self.store_path("train")
-        view = {"sampler": repr(sampler), "normalization": repr(self.normalization), "max_frames": self.max_frames,
+        view = {"sampler": repr(sampler), "normalization": repr(normalization), "max_frames": self.max_frames,
                 "precision": precision}
         key = cache_key(checkpoint, self._stores["train"], view)
 
@@ -228,13 +225,16 @@ class YT8MDataModule(L.LightningDataModule):
             store = self._stores["train"]
             loader = self._make_loader(store, np.arange(len(store)), {"teacher": sampler}, shuffle=False, ranks={})
             for batch in loader:
-                batch = self.on_after_batch_transfer(move_data_to_device(batch, device), 0)
+                batch = _model_inputs(move_data_to_device(batch, device), normalization)
                 with torch.no_grad(), context():
                     outputs = teacher(batch.views["teacher"])
                 yield batch.indices.numpy(), {name: value.float().cpu().numpy() for name, value in outputs.items()}
 
-        self._targets, built = build_target_cache(path, key, batches, teacher=str(checkpoint))
-        return self._targets, built
+        return build_target_cache(path, key, batches, teacher=str(checkpoint))
+
+    def use_teacher_targets(self, caches: list[TargetCache]) -> None:
+        """Attach these caches' rows to every training batch from now on (``VideoBatch.targets``, in this order)."""
+        self._targets = list(caches)
 
     def first_batch(self, views: dict[str, FrameSampler]) -> VideoBatch:
         """The first batch (uint8, as loaded) of the first split given, in test, val, train, predict order: a real
@@ -254,7 +254,7 @@ class YT8MDataModule(L.LightningDataModule):
             raise ConfigError(f"no {split} data: set data.{split}_files to TFRecords or a frame store")
         # The sampler shares batches between ranks itself (see data/loading.py); a rank may get none to evaluate.
         ranks = {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank} if self.trainer else {}
-        targets = self._targets if split == "train" and stage == "fit" else None
+        targets = self._targets if split == "train" and stage == "fit" else []
         return self._make_loader(self._stores[split], self._videos[split], self._views(stage), shuffle, ranks, targets)
 
     def _make_loader(
@@ -264,7 +264,7 @@ class YT8MDataModule(L.LightningDataModule):
         views: dict[str, FrameSampler],
         shuffle: bool,
         ranks: dict[str, int],
-        targets: TargetCache | None = None,
+        targets: list[TargetCache] = (),
     ) -> ThreadedDataLoader:
         return ThreadedDataLoader(
             VideoBatchDataset(store, videos, views, self.max_frames, targets),
@@ -335,6 +335,16 @@ def find_num_classes(sources: dict[str, str | None], store_dir: str | Path, *, v
                 return FrameStore(source).num_classes
             return detect_format(_shards(split, source)[0], verify_crc=verify_crc).num_classes
     raise ConfigError("num_classes is unknown without data: set data.num_classes or data.train_files")
+
+
+def _model_inputs(batch: VideoBatch, normalization: FeatureNormalizer) -> VideoBatch:
+    """``batch`` with every view's uint8 frames dequantised (exact zeros at padding) and normalised, in place."""
+    for view in batch.views.values():
+        frames = view.frames
+        if frames.dtype == torch.uint8:
+            frames = (frames.float() * DEQUANT_SCALE + DEQUANT_BIAS).masked_fill_(~view.mask[..., None], 0.0)
+        view.frames = normalization(frames, view.mask)
+    return batch
 
 
 def _is_store(source: str) -> bool:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -132,7 +132,7 @@ class VideoBatchDataset(Dataset[VideoBatch]):
         videos: (N,) int64 store indices of this split's videos (a validation carve-out uses a subset).
         views: view name -> sampler.
         max_frames: lengths are capped here, so the teacher view has T <= max_frames.
-        targets: a teacher's cached outputs to attach to every batch, or None.
+        targets: teachers' cached outputs to attach to every batch, one entry per teacher (none: no targets).
     """
 
     def __init__(
@@ -141,13 +141,13 @@ class VideoBatchDataset(Dataset[VideoBatch]):
         videos: np.ndarray,
         views: Mapping[str, FrameSampler],
         max_frames: int,
-        targets: TargetCache | None = None,
+        targets: Sequence[TargetCache] = (),
     ) -> None:
         self.store = store
         self.videos = videos
         self.views = dict(views)
         self.max_frames = max_frames
-        self.targets = targets
+        self.targets = list(targets)
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -169,7 +169,8 @@ class VideoBatchDataset(Dataset[VideoBatch]):
                 for name, index in indices.items()
             },
             indices=torch.from_numpy(videos),
-            targets=None if self.targets is None else {k: torch.from_numpy(v) for k, v in self.targets.read(videos).items()},
+            targets=[{name: torch.from_numpy(rows) for name, rows in cache.read(videos).items()} for cache in self.targets]
+            or None,
         )
 
     def _read(self, videos: np.ndarray, indices: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

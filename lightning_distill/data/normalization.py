@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_distill.class_paths import class_path
 from lightning_distill.data.yt8m import RGB_DIM
-from lightning_distill.errors import DataError
+from lightning_distill.errors import ConfigError, DataError
 
 # The dequantised value of the quantisation grid's centre: NeXtVLAD shifts rgb by it before rescaling.
 _RGB_SHIFT = 4.0 / 512.0
@@ -34,6 +35,10 @@ class FeatureNormalizer(ABC):
     @abstractmethod
     def __call__(self, frames: Tensor, mask: Tensor) -> Tensor:
         """(B, T, D) float32 frames, zero where ``mask`` (B, T) bool is False -> (B, T, D) float32, same zeros."""
+
+    def init_args(self) -> dict[str, object]:
+        """The plain constructor arguments that rebuild this normaliser (see ``normalization_config``)."""
+        return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -85,8 +90,43 @@ class ReverseWhitening(FeatureNormalizer):
         rgb = rgb * mask[..., None]
         return torch.cat([rgb, frames[..., RGB_DIM:]], dim=-1)
 
+    def init_args(self) -> dict[str, object]:
+        return {"eigenvalues": self.eigenvalues, "epsilon": self.epsilon}
+
     def __repr__(self) -> str:
         return f"ReverseWhitening(eigenvalues={self.eigenvalues!r}, epsilon={self.epsilon})"
+
+
+def normalization_config(normalizer: FeatureNormalizer) -> dict[str, object]:
+    """``{"class_path": ..., "init_args": {...}}`` of ``normalizer``: plain data, kept in a model's checkpoint so
+    the inputs it was trained on can be rebuilt (a cross-family teacher's targets, see ``StudentModule``)."""
+    return {"class_path": class_path(type(normalizer)), "init_args": normalizer.init_args()}
+
+
+def normalizer_from_config(config: dict[str, object], source: str) -> FeatureNormalizer:
+    """Rebuild a normaliser from ``normalization_config``'s record.
+
+    Only a ``FeatureNormalizer`` subclass already imported is built (a record read from a checkpoint must not name
+    arbitrary code to run).
+
+    Raises:
+        ConfigError: the record names no such class or its arguments do not fit, naming ``source``.
+    """
+    known = {class_path(cls): cls for cls in _subclasses(FeatureNormalizer)}
+    cls = known.get(str(config.get("class_path")))
+    if cls is None:
+        raise ConfigError(
+            f"{source} records the input normalisation {config.get('class_path')!r}, which is not a known "
+            "FeatureNormalizer: import the module that defines it, or train the model again"
+        )
+    try:
+        return cls(**dict(config.get("init_args") or {}))
+    except TypeError as error:
+        raise ConfigError(f"{source} records arguments {config.get('init_args')} that {cls.__name__} refuses: {error}") from None
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
 
 
 def _load_eigenvalues(path: str | None) -> np.ndarray:
@@ -111,4 +151,11 @@ def _load_eigenvalues(path: str | None) -> np.ndarray:
     return values
 
 
-__all__ = ["FeatureNormalizer", "FrameL2Normalization", "NoNormalization", "ReverseWhitening"]
+__all__ = [
+    "FeatureNormalizer",
+    "FrameL2Normalization",
+    "NoNormalization",
+    "ReverseWhitening",
+    "normalization_config",
+    "normalizer_from_config",
+]

@@ -102,6 +102,8 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
         model["sampler"] = {"class_path": class_path(BASELINES[cell.sampler]), "init_args": {"k": cell.k}}
     if cell.teacher is not None:
         model["teacher_checkpoint"] = str(layout.checkpoint(cell.teacher))
+    if cell.ensemble:
+        model["ensemble_teachers"] = [str(layout.checkpoint(name)) for name in cell.ensemble]
     # The data module is LightningCLI's fixed datamodule_class, so its arguments sit directly under ``data``.
     shared = {"model": {"init_args": model}, "data": data}
     if cell.k is not None:

@@ -48,6 +48,10 @@ class StudentVariant:
         module: further init_args of the variant's module, e.g. ``{warmup_epochs: 1}`` for a Parallel student.
         train_ks: makes an any-k student (Serial only): ONE student per seed, trained with a k drawn per batch from
             these (``AnyKSampler``) and tested at every k of the grid, each k's cell testing that one checkpoint.
+        teachers: the families (config parts under ``family/``) whose teachers the student distils from, as one
+            ensemble (Serial only, ``StudentModule``'s ``ensemble_teachers``); the grid trains a teacher of each
+            family per seed. None: the grid family's teacher alone, the paper's Serial student. Without a tag the
+            variant is tagged ``from-<families joined by +>``.
     """
 
     mode: str
@@ -57,10 +61,13 @@ class StudentVariant:
     tag: str = ""
     module: dict[str, Any] = field(default_factory=dict)
     train_ks: list[int] | None = None
+    teachers: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.train_ks and not self.tag:
             self.tag = "any-k"
+        if self.teachers and not self.tag:
+            self.tag = "from-" + "+".join(self.teachers)
 
     @property
     def slug(self) -> str:
@@ -76,6 +83,8 @@ class StudentVariant:
     def label(self) -> str:
         """The paper's row label, e.g. ``Serial L_rep, L_pred, L_CE``."""
         label = f"{self.mode.capitalize()} {', '.join(LOSS_TERMS[t].symbol for t in self.losses)}"
+        if self.teachers and self.tag == "from-" + "+".join(self.teachers):
+            return f"{label} (teachers: {' + '.join(self.teachers)})"
         return f"{label} ({self.tag})" if self.tag else label
 
 
@@ -137,6 +146,7 @@ class Cell:
         teacher: name of the cell whose checkpoint a serial student distils from (it must finish first).
         trained_by: for an any-k student at its second and later k, the cell (of its first k) that trains it: this
             cell only tests that cell's checkpoint at its own k.
+        ensemble: the teacher cells, of other families, whose checkpoints join ``teacher``'s as an ensemble.
     """
 
     name: str
@@ -149,14 +159,20 @@ class Cell:
     variant: StudentVariant | None = None
     teacher: str | None = None
     trained_by: str | None = None
+    ensemble: tuple[str, ...] = ()
 
     @property
     def waits_for(self) -> list[str]:
         """The cells that must finish before this one starts."""
-        return [name for name in (self.teacher, self.trained_by) if name is not None]
+        return [name for name in (self.teacher, self.trained_by, *self.ensemble) if name is not None]
 
 
 TEACHER_METHOD = "Teacher"
+
+
+def teacher_method(family: str) -> str:
+    """The method label of a teacher of another family than the grid's, e.g. ``Teacher (nextvlad-tiny)``."""
+    return f"{TEACHER_METHOD} ({family})"
 
 
 def check_grid(grid: Grid) -> None:
@@ -192,6 +208,10 @@ def check_grid(grid: Grid) -> None:
         for path in base_config_paths(grid, role):
             if not path.is_file():
                 raise ConfigError(f"config part {path} for the {role} cells does not exist: check family and configs")
+    for family in other_teacher_families(grid):
+        path = base_config_paths(grid, "teacher", family)[1]
+        if not path.is_file():
+            raise ConfigError(f"config part {path} for the teachers of family {family} does not exist: check teachers")
 
 
 def _check_variant(variant: StudentVariant) -> None:
@@ -212,6 +232,11 @@ def _check_variant(variant: StudentVariant) -> None:
             raise ConfigError(f"{variant.slug} sets train_ks, but an any-k student is trained Serial: use mode serial")
         if not variant.train_ks or any(not isinstance(k, int) or k < 1 for k in variant.train_ks):
             raise ConfigError(f"train_ks {variant.train_ks} of {variant.slug}: list frame counts >= 1, e.g. [6, 10, 30]")
+    if variant.teachers is not None:
+        if variant.mode != "serial":
+            raise ConfigError(f"{variant.slug} sets teachers, but an ensemble is distilled Serial: use mode serial")
+        if not variant.teachers or len(set(variant.teachers)) != len(variant.teachers):
+            raise ConfigError(f"teachers {variant.teachers} of {variant.slug}: list each family once, e.g. [hrnn, nextvlad]")
 
 
 def _roles(grid: Grid) -> list[str]:
@@ -220,12 +245,18 @@ def _roles(grid: Grid) -> list[str]:
     return roles + sorted({variant.mode for variant in grid.students})
 
 
-def base_config_paths(grid: Grid, role: str) -> tuple[Path, ...]:
-    """The config parts of ``role`` cells: ``<configs>/role/<role>.yaml``, ``<configs>/family/<family>.yaml`` and
-    the grid's data part, if any."""
+def base_config_paths(grid: Grid, role: str, family: str | None = None) -> tuple[Path, ...]:
+    """The config parts of ``role`` cells: ``<configs>/role/<role>.yaml``, ``<configs>/family/<family>.yaml`` (the
+    grid's family unless ``family`` is given) and the grid's data part, if any."""
     root = Path(grid.configs)
-    parts = [root / "role" / f"{role}.yaml", root / "family" / f"{grid.family}.yaml"]
+    parts = [root / "role" / f"{role}.yaml", root / "family" / f"{family or grid.family}.yaml"]
     return tuple(parts + ([root / grid.data_config] if grid.data_config else []))
+
+
+def other_teacher_families(grid: Grid) -> list[str]:
+    """The families other than the grid's whose teachers some student variant distils from, in order."""
+    listed = [family for variant in grid.students for family in variant.teachers or []]
+    return [family for family in dict.fromkeys(listed) if family != grid.family]
 
 
 def expand_grid(grid: Grid) -> list[Cell]:
@@ -240,6 +271,9 @@ def expand_grid(grid: Grid) -> list[Cell]:
     for seed in grid.seeds:
         teacher = f"teacher-s{seed}"
         cells.append(Cell(teacher, "teacher", TEACHER_METHOD, None, seed, base_config_paths(grid, "teacher")))
+        for family in other_teacher_families(grid):
+            paths = base_config_paths(grid, "teacher", family)
+            cells.append(Cell(f"teacher-{family}-s{seed}", "teacher", teacher_method(family), None, seed, paths))
         for k in grid.ks:
             for baseline in grid.baselines:
                 label = BASELINES[baseline].label
@@ -257,8 +291,11 @@ def expand_grid(grid: Grid) -> list[Cell]:
                         base_configs=base_config_paths(grid, variant.mode),
                         sampler="uniform",  # the paper's students all see Uniform-k frames
                         variant=variant,
-                        teacher=teacher if variant.mode == "serial" else None,
+                        teacher=teacher if variant.mode == "serial" and grid.family in (variant.teachers or [grid.family]) else None,
                         trained_by=trainer,
+                        ensemble=tuple(
+                            f"teacher-{family}-s{seed}" for family in variant.teachers or [] if family != grid.family
+                        ),
                     )
                 )
     return cells

@@ -16,7 +16,14 @@ from typing import Any
 
 import wandb
 
-from lightning_distill.experiment.grid import TEACHER_METHOD, Cell, Grid, row_labels
+from lightning_distill.experiment.grid import (
+    TEACHER_METHOD,
+    Cell,
+    Grid,
+    other_teacher_families,
+    row_labels,
+    teacher_method,
+)
 from lightning_distill.atomic_files import write_json_atomic
 from lightning_distill.experiment.layout import ExperimentLayout, read_json
 from lightning_distill.experiment.plots import (
@@ -113,6 +120,10 @@ def build_report(
         "seeds": grid.seeds,
         "metrics": list(TABLE_METRICS),
         "teacher": aggregate(by_method[(TEACHER_METHOD, None)], metrics),
+        "other_teachers": {
+            teacher_method(family): aggregate(by_method[(teacher_method(family), None)], metrics)
+            for family in other_teacher_families(grid)
+        },
         "rows": rows,
         "cost": [
             {"model": c.model, "frames": c.frames, **c.profile, "gflops_per_video": c.profile["flops_per_video"] / 1e9}
@@ -162,6 +173,8 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str], command: st
         f"Teacher skyline (all frames): GAP {_format(teacher, 'gap')}, mAP {_format(teacher, 'map_all_classes')}.",
         "",
     ]
+    for method, other in report.get("other_teachers", {}).items():
+        lines += [f"{method}, all frames: GAP {_format(other, 'gap')}, mAP {_format(other, 'map_all_classes')}.", ""]
     if report["cost"]:
         lines += _cost_lines(report["cost"])
     if any(report["epochs"].values()):

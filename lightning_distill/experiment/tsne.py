@@ -35,9 +35,17 @@ _LABEL_CHUNK = 8192
 
 def pick_student(layout: ExperimentLayout, grid: Grid, cells: list[Cell]) -> Cell | None:
     """The finished student to draw: first seed, largest k, serial before parallel, one trained with a
-    representation term if there is one (that is what the figure checks)."""
-    done = [c for c in cells if c.variant and c.seed == grid.seeds[0] and layout.done(c.name).is_file()]
-    done.sort(key=lambda c: (-c.k, c.role != "serial", not set(c.variant.losses) & representation_terms()))
+    representation term if there is one (that is what the figure checks), of its own family's teacher alone
+    before one of an ensemble (students of another family's teachers alone are left out)."""
+    done = [
+        c
+        for c in cells
+        if c.variant and c.seed == grid.seeds[0] and layout.done(c.name).is_file()
+        and (c.role == "parallel" or c.teacher is not None)
+    ]
+    done.sort(
+        key=lambda c: (-c.k, c.role != "serial", not set(c.variant.losses) & representation_terms(), bool(c.ensemble))
+    )
     return done[0] if done else None
 
 

@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_distill.data.batch import FrameView, VideoBatch
+from lightning_distill.data.normalization import FeatureNormalizer, normalization_config
 from lightning_distill.data.samplers import FrameSampler
 from lightning_distill.errors import ConfigError, DataError
 from lightning_distill.evaluation.metrics import YT8MMetrics
@@ -31,6 +32,8 @@ from lightning_distill.training.losses import DistillLoss, IntermediateRepresent
 from lightning_distill.training.outputs import ModelOutput, classify
 
 EVALUATION_STAGES = ("val", "test")
+# The checkpoint entry recording the input normalisation a model was trained on (normalization_config's record).
+INPUT_NORMALIZATION = "input_normalization"
 
 
 @dataclass
@@ -122,6 +125,11 @@ class VideoClassifierModule(L.LightningModule, ABC):
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_initialized():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+        # The inputs the weights expect: a student of another family distils from this model's targets computed on
+        # the inputs it was trained on, not on the student's (StudentModule).
+        normalizer = getattr(self._trainer.datamodule, "normalization", None) if self._trainer is not None else None
+        if isinstance(normalizer, FeatureNormalizer):
+            checkpoint[INPUT_NORMALIZATION] = normalization_config(normalizer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("rng_states")

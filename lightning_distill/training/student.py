@@ -12,7 +12,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.data.batch import FrameView, VideoBatch
+from lightning_distill.data.normalization import FeatureNormalizer, normalizer_from_config
 from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, UniformSampler
+from lightning_distill.data.target_cache import TargetCache
 from lightning_distill.errors import ConfigError
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.heads import ClassifierHead, LogisticHead
@@ -25,7 +27,9 @@ from lightning_distill.training.losses import (
     PredictionLoss,
     RepresentationLoss,
 )
+from lightning_distill.training.ensemble import RepresentationAdapter, ensemble_output
 from lightning_distill.training.module import (
+    INPUT_NORMALIZATION,
     VideoClassifierModule,
     check_blocks,
     check_same_family,
@@ -37,6 +41,7 @@ from lightning_distill.training.outputs import ModelOutput
 from lightning_distill.training.teacher import TeacherModule
 
 TEACHER_PREFIX = "teacher."
+ADAPTER_PREFIX = "adapter."
 # The teacher outputs a target cache keeps: video-level ones (data/target_cache.py).
 CACHEABLE_OUTPUTS = frozenset({"representation", "probabilities"})
 
@@ -64,6 +69,12 @@ class StudentModule(VideoClassifierModule):
     each step. ``teacher_targets: live`` runs the teacher every step instead; L_rep^I (per-frame teacher states
     at the student's frames) always does.
 
+    Ensembles (beyond the paper): ``ensemble_teachers`` adds frozen teachers of any family. L_pred then compares
+    with the mean of all teachers' probabilities and L_rep with every teacher's representation, through a learned
+    projection for a teacher of another family or size (``training/ensemble.py``). Each teacher's targets are
+    cached, computed on the inputs it was trained on (the normalisation its checkpoint records). Without
+    ``teacher_checkpoint`` the student's head starts from scratch: no teacher's head fits it.
+
     The paper's losses: ``{rep, ce}``, ``{pred}``, ``{pred, ce}``, ``{rep, pred, ce}`` (the default), plus
     ``IntermediateRepresentationLoss`` (L_rep^I). ``{rep}`` alone is the paper's two-stage recipe: stage 1 fits
     with ``loss: {rep: RepresentationLoss}`` (the head gets no gradient, so it stays the teacher's); stage 2 fits
@@ -88,6 +99,8 @@ class StudentModule(VideoClassifierModule):
         train_sampler: the student's frames in training batches; default: ``sampler``. An ``AnyKSampler`` makes an
             any-k student: trained at a k drawn per batch, it is evaluated (and predicts) at ``sampler``'s k, which
             a later ``vdistill test``/``predict`` may set to any value (``--model.init_args.sampler.init_args.k``).
+        ensemble_teachers: further ``TeacherModule`` checkpoints, of any family, distilled from together with
+            ``teacher_checkpoint`` (see above); they need cached targets and loss terms on video-level outputs.
     """
 
     evaluated_roles = ("student",)
@@ -107,12 +120,14 @@ class StudentModule(VideoClassifierModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         teacher_targets: Literal["cached", "live"] = "cached",
         train_sampler: FrameSampler | None = None,
+        ensemble_teachers: list[str] | None = None,
     ) -> None:
         super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30))
         teacher_sampler = teacher_sampler or AllFramesSampler()
         save_plain_hyperparameters(self)
         self.criterion = DistillLoss(default_student_loss() if loss is None else loss)
-        if self.criterion.needs_teacher and teacher_checkpoint is None:
+        self.ensemble_teachers = list(ensemble_teachers or [])
+        if self.criterion.needs_teacher and teacher_checkpoint is None and not self.ensemble_teachers:
             needing = ", ".join(name for name, term in self.criterion.terms.items() if term.needs_teacher)
             raise ConfigError(
                 f"loss terms {needing} compare with the teacher but teacher_checkpoint is not set: give the "
@@ -121,6 +136,11 @@ class StudentModule(VideoClassifierModule):
         check_teacher_comparisons(self.criterion, teacher_sampler)
         if teacher_targets not in ("cached", "live"):
             raise ConfigError(f"teacher_targets must be 'cached' or 'live', got {teacher_targets!r}")
+        if self.ensemble_teachers and (teacher_targets != "cached" or self.criterion.teacher_outputs - CACHEABLE_OUTPUTS):
+            raise ConfigError(
+                "ensemble_teachers are distilled from cached targets (each on the inputs it was trained on): set "
+                "teacher_targets: cached and compare only video-level outputs (L_rep, L_pred; not L_rep^I)"
+            )
         self.teacher_checkpoint = teacher_checkpoint
         self.init_from = init_from
         self.teacher_sampler = teacher_sampler
@@ -132,6 +152,8 @@ class StudentModule(VideoClassifierModule):
         # teacher's head (the student's starting head) is kept.
         self.teacher: TeacherModule | None = None
         self._teacher_head: dict[str, Tensor] | None = None
+        # Made by setup("fit") when the student's representation is compared with an ensemble's.
+        self.adapter: RepresentationAdapter | None = None
 
     @property
     def cacheable(self) -> bool:
@@ -139,25 +161,42 @@ class StudentModule(VideoClassifierModule):
         wanted = self.criterion.teacher_outputs
         return self.teacher_targets == "cached" and bool(wanted) and wanted <= CACHEABLE_OUTPUTS
 
+    @property
+    def teacher_paths(self) -> list[str]:
+        """Every teacher's checkpoint: ``teacher_checkpoint`` (if set) first, then ``ensemble_teachers``."""
+        return ([self.teacher_checkpoint] if self.teacher_checkpoint else []) + self.ensemble_teachers
+
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
-        if stage == "fit" and self.criterion.needs_teacher and self._teacher_head is None:
+        if stage == "fit" and self.teacher is not None and self.criterion.needs_teacher:
             return {"teacher": self.teacher_sampler, "student": self.train_sampler}
         return {"student": self.train_sampler if stage == "fit" else self.sampler}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         # Here, before Lightning moves the module to its device and restores a resumed fit's checkpoint.
-        if stage != "fit" or self.teacher_checkpoint is None:
+        if stage != "fit" or not self.teacher_paths:
             return
-        teacher = self._load_teacher(self.teacher_checkpoint)
+        primary = self._load_teacher(self.teacher_checkpoint) if self.teacher_checkpoint else None
+        teachers = [primary] if primary is not None else []
+        teachers += [_load_frozen(path) for path in self.ensemble_teachers]
         datamodule = self.trainer.datamodule
         if self.cacheable and hasattr(datamodule, "teacher_targets"):
-            self._teacher_head = {key: value.clone() for key, value in teacher.head.state_dict().items()}
-            self._cache_targets(teacher, datamodule)
+            if primary is not None:
+                self._teacher_head = {key: value.clone() for key, value in primary.head.state_dict().items()}
+            else:
+                rank_zero_info("student head: trained from scratch (no teacher of the student's family and sizes)")
+            datamodule.use_teacher_targets(
+                [self._cache_targets(t, path, datamodule) for t, path in zip(teachers, self.teacher_paths)]
+            )
+            if len(teachers) > 1 or primary is None:
+                self.adapter = self._adapter([t.encoder for t in teachers])
             return
+        if self.ensemble_teachers:
+            raise ConfigError("ensemble_teachers need a data module that caches teacher targets (YT8MDataModule)")
+        _check_same_inputs(self.teacher_checkpoint, datamodule)
         if self.criterion.teacher_outputs - CACHEABLE_OUTPUTS and self.teacher_targets == "cached":
             rank_zero_info("teacher targets: live (L_rep^I compares the teacher's per-frame states every step)")
-        self.teacher = teacher
+        self.teacher = primary
 
     def on_fit_start(self) -> None:
         # Starting weights are for a fresh fit: a resumed one has restored its own by now (trainer.ckpt_path set).
@@ -173,7 +212,7 @@ class StudentModule(VideoClassifierModule):
     def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
         outputs = {"student": self(batch.views["student"])}
         if batch.targets is not None:
-            outputs["teacher"] = ModelOutput.from_targets(batch.targets)
+            outputs["teacher"] = ensemble_output([ModelOutput.from_targets(rows) for rows in batch.targets])
         elif self.teacher is not None and self.criterion.needs_teacher and "teacher" in batch.views:
             # Eval mode where it runs (dropout off, batch-norm statistics frozen): the fixed target it was trained
             # to be, whatever mode Lightning puts the whole module in.
@@ -182,7 +221,10 @@ class StudentModule(VideoClassifierModule):
         return outputs
 
     def losses(self, outputs: dict[str, ModelOutput], labels: Tensor) -> dict[str, Tensor]:
-        return loss_log_names(self.criterion(outputs["student"], outputs.get("teacher"), labels))
+        student = outputs["student"]
+        if self.adapter is not None:
+            student = self.adapter.adapt(student)
+        return loss_log_names(self.criterion(student, outputs.get("teacher"), labels))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -191,6 +233,11 @@ class StudentModule(VideoClassifierModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.adapter is None:
+            # Evaluating: the adapter only served the fit's L_rep.
+            state = checkpoint["state_dict"]
+            for key in [key for key in state if key.startswith(ADAPTER_PREFIX)]:
+                del state[key]
         # Resuming a fit: the teacher is already loaded from teacher_checkpoint but absent from the file, so its
         # weights are put back for the strict state-dict load.
         if self.teacher is not None:
@@ -199,31 +246,40 @@ class StudentModule(VideoClassifierModule):
             )
         super().on_load_checkpoint(checkpoint)
 
-    def _cache_targets(self, teacher: TeacherModule, datamodule: Any) -> None:
-        """Have the data module attach the teacher's cached outputs to the training batches (built if needed)."""
+    def _cache_targets(self, teacher: TeacherModule, path: str, datamodule: Any) -> TargetCache:
+        """The teacher's cached outputs for the training videos (built if needed), on the inputs it was trained on."""
         device = self.trainer.strategy.root_device
         teacher.to(device)
         cache, built = datamodule.teacher_targets(
             lambda view: _video_outputs(teacher, view),
-            checkpoint=self.teacher_checkpoint,
+            checkpoint=path,
             sampler=self.teacher_sampler,
             device=device,
             precision=str(self.trainer.precision),
             context=self.trainer.precision_plugin.forward_context,
+            normalization=recorded_normalization(path),
         )
         action = "built" if built else "reused"
         rank_zero_info(f"teacher targets: cached, {action} {cache.path} (the build took {cache.build_seconds:.1f} s)")
+        return cache
+
+    def _adapter(self, encoders: list[VideoEncoder]) -> RepresentationAdapter:
+        """Matches the student's representation to the ensemble's: itself for a teacher of its family and sizes."""
+        projected = []
+        for encoder in encoders:
+            try:
+                check_same_family(encoder, self.encoder, "teacher")
+                projected.append(encoder.output_dim != self.encoder.output_dim)
+            except ConfigError:
+                projected.append(True)
+        return RepresentationAdapter(self.encoder.output_dim, [e.output_dim for e in encoders], projected)
 
     def _load_teacher(self, path: str) -> TeacherModule:
-        if not Path(path).is_file():
-            raise ConfigError(f"teacher checkpoint {path} does not exist: train a TeacherModule with `vdistill fit`")
-        teacher = load_module(TeacherModule, path)
+        """The student's own teacher: of its family and sizes, with the head the student starts from."""
+        teacher = _load_frozen(path)
         check_same_family(teacher.encoder, self.encoder, f"teacher checkpoint {path}")
         check_blocks(teacher.encoder, self.teacher_sampler, "teacher")
         _check_same_head(teacher.head, self.head, path)
-        # Frozen weights but not LightningModule.freeze(): its eval() would leave the teacher in eval mode at the
-        # start of training, which Lightning warns about; model_step sets eval mode just where the teacher runs.
-        teacher.requires_grad_(False)
         return teacher
 
     def _load_student_weights(self, path: str) -> None:
@@ -238,6 +294,35 @@ class StudentModule(VideoClassifierModule):
                     f"init_from {path} does not hold this student's {name} weights (missing or other sizes): "
                     "give a checkpoint of a StudentModule with the same encoder and head"
                 ) from None
+
+
+def _load_frozen(path: str) -> TeacherModule:
+    """A teacher checkpoint as a frozen ``TeacherModule`` (on the CPU)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"teacher checkpoint {path} does not exist: train a TeacherModule with `vdistill fit`")
+    teacher = load_module(TeacherModule, path)
+    # Frozen weights but not LightningModule.freeze(): its eval() would leave the teacher in eval mode at the
+    # start of training, which Lightning warns about; model_step sets eval mode just where the teacher runs.
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def recorded_normalization(path: str) -> FeatureNormalizer | None:
+    """The input normalisation the model of checkpoint ``path`` was trained on, or None if it records none (a
+    checkpoint written before vdistill kept it)."""
+    record = read_checkpoint(path, weights=False).get(INPUT_NORMALIZATION)
+    return None if record is None else normalizer_from_config(record, f"checkpoint {path}")
+
+
+def _check_same_inputs(path: str, datamodule: Any) -> None:
+    """Raise ``ConfigError`` if a live teacher would see inputs normalised otherwise than those it was trained on."""
+    recorded = recorded_normalization(path)
+    current = getattr(datamodule, "normalization", None)
+    if recorded is not None and current is not None and repr(recorded) != repr(current):
+        raise ConfigError(
+            f"teacher checkpoint {path} was trained on {recorded!r} inputs but the data gives {current!r}: use "
+            "teacher_targets: cached (each teacher's targets are computed on its own inputs) or set data.normalization"
+        )
 
 
 def _video_outputs(teacher: TeacherModule, view: FrameView) -> dict[str, Tensor]:
