@@ -377,6 +377,25 @@ def test_a_student_of_several_teachers_distils_from_its_seeds_teacher_of_each_fa
     assert cells["serial-pred_ce-k6-s0"].ensemble == ()
 
 
+def test_the_report_gives_the_other_families_teachers_beside_the_skyline(configs, tmp_path):
+    (configs / "family" / "nextvlad.yaml").write_text("{}\n")
+    grid = make_grid(configs, seeds=[0, 1], baselines=["uniform"], ks=[6],
+                     students=[StudentVariant("serial", ["pred", "ce"], teachers=["hrnn", "nextvlad"])])
+    cells = expand_grid(grid)
+    layout = ExperimentLayout(tmp_path / "run")
+    gaps = {"teacher-s0": 0.7, "teacher-s1": 0.8, "teacher-nextvlad-s0": 0.9, "teacher-nextvlad-s1": 0.95}
+    for cell in cells:
+        fabricate_cell(layout, cell.name, {"test/gap": gaps.get(cell.name, 0.5), "test/map_all_classes": 0.25})
+    report = write_report(layout, grid, cells, [], command="vdistill experiment")
+    assert report["teacher"]["gap"] == pytest.approx(0.75)
+    assert report["other_teachers"]["Teacher (nextvlad)"]["gap"] == pytest.approx(0.925)
+    assert report["other_teachers"]["Teacher (nextvlad)"]["cells"] == ["teacher-nextvlad-s0", "teacher-nextvlad-s1"]
+    lines = layout.report_md.read_text().splitlines()
+    skyline = next(i for i, line in enumerate(lines) if line.startswith("Teacher skyline"))
+    assert lines[skyline + 2].startswith("Teacher (nextvlad), all frames: GAP 0.925 ± 0.035")
+    assert "| Serial L_pred, L_CE (teachers: hrnn + nextvlad) |" in "\n".join(lines)
+
+
 def test_cells_start_only_after_the_cells_they_wait_for(tmp_path, monkeypatch):
     grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6, 12], baselines=["uniform"],
                 students=[StudentVariant("serial", ["ce"], train_ks=[6, 12])], seeds=[0])

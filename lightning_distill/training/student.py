@@ -154,6 +154,7 @@ class StudentModule(VideoClassifierModule):
         self._teacher_head: dict[str, Tensor] | None = None
         # Made by setup("fit") when the student's representation is compared with an ensemble's.
         self.adapter: RepresentationAdapter | None = None
+        self._targets_cached = False
 
     @property
     def cacheable(self) -> bool:
@@ -167,7 +168,7 @@ class StudentModule(VideoClassifierModule):
         return ([self.teacher_checkpoint] if self.teacher_checkpoint else []) + self.ensemble_teachers
 
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
-        if stage == "fit" and self.teacher is not None and self.criterion.needs_teacher:
+        if stage == "fit" and self.criterion.needs_teacher and self.teacher_checkpoint and not self._targets_cached:
             return {"teacher": self.teacher_sampler, "student": self.train_sampler}
         return {"student": self.train_sampler if stage == "fit" else self.sampler}
 
@@ -188,6 +189,7 @@ class StudentModule(VideoClassifierModule):
             datamodule.use_teacher_targets(
                 [self._cache_targets(t, path, datamodule) for t, path in zip(teachers, self.teacher_paths)]
             )
+            self._targets_cached = True
             if len(teachers) > 1 or primary is None:
                 self.adapter = self._adapter([t.encoder for t in teachers])
             return
