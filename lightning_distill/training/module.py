@@ -299,6 +299,14 @@ def describe(encoder: VideoEncoder) -> str:
     return f"{family}({', '.join(f'{key}={value}' for key, value in arch.items())})"
 
 
+def same_family(teacher: VideoEncoder, student: VideoEncoder) -> bool:
+    """Whether the two encoders have one architecture up to ``student_free_keys`` (e.g. H-RNN's block length)."""
+    free = set(teacher.student_free_keys) | set(student.student_free_keys)
+    fixed_teacher = {k: v for k, v in teacher.architecture().items() if k not in free}
+    fixed_student = {k: v for k, v in student.architecture().items() if k not in free}
+    return fixed_teacher == fixed_student
+
+
 def check_same_family(teacher: VideoEncoder, student: VideoEncoder, teacher_name: str) -> None:
     """Raise ``ConfigError`` unless the two encoders have one architecture up to ``student_free_keys``.
 
@@ -307,10 +315,7 @@ def check_same_family(teacher: VideoEncoder, student: VideoEncoder, teacher_name
         student: the student's encoder.
         teacher_name: how the message names the teacher, e.g. "teacher checkpoint t.ckpt".
     """
-    free = set(teacher.student_free_keys) | set(student.student_free_keys)
-    fixed_teacher = {k: v for k, v in teacher.architecture().items() if k not in free}
-    fixed_student = {k: v for k, v in student.architecture().items() if k not in free}
-    if fixed_teacher != fixed_student:
+    if not same_family(teacher, student):
         raise ConfigError(
             f"{teacher_name} is {describe(teacher)} but the student is {describe(student)}: "
             "use a student of the teacher's family and sizes"

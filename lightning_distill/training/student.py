@@ -35,6 +35,7 @@ from lightning_distill.training.module import (
     check_same_family,
     check_teacher_comparisons,
     loss_log_names,
+    same_family,
     save_plain_hyperparameters,
 )
 from lightning_distill.training.outputs import ModelOutput
@@ -267,13 +268,7 @@ class StudentModule(VideoClassifierModule):
 
     def _adapter(self, encoders: list[VideoEncoder]) -> RepresentationAdapter:
         """Matches the student's representation to the ensemble's: itself for a teacher of its family and sizes."""
-        projected = []
-        for encoder in encoders:
-            try:
-                check_same_family(encoder, self.encoder, "teacher")
-                projected.append(encoder.output_dim != self.encoder.output_dim)
-            except ConfigError:
-                projected.append(True)
+        projected = [not same_family(encoder, self.encoder) for encoder in encoders]
         return RepresentationAdapter(self.encoder.output_dim, [e.output_dim for e in encoders], projected)
 
     def _load_teacher(self, path: str) -> TeacherModule:
