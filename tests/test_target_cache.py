@@ -202,14 +202,14 @@ def test_targets_are_the_frozen_teachers_eval_mode_outputs():
     # cached row a noisy draw (they did, until this test) instead of the teacher's prediction.
     from lightning_distill.data.batch import FrameView
     from lightning_distill.models import NeXtVLAD
-    from lightning_distill.training.student import _video_outputs
+    from lightning_distill.training.teacher_targets import video_outputs
     from lightning_distill.training.teacher import TeacherModule
 
     torch.manual_seed(0)
     teacher = TeacherModule(NeXtVLAD(num_clusters=4, groups=2, expansion=2, hidden_size=16, dropout=0.5), 6)
     assert teacher.training
     view = FrameView(frames=torch.randn(3, 5, 1152), mask=torch.ones(3, 5, dtype=torch.bool), positions=None)
-    first, second = _video_outputs(teacher, view), _video_outputs(teacher, view)
+    first, second = video_outputs(teacher, view), video_outputs(teacher, view)
     assert torch.equal(first["probabilities"], second["probabilities"])  # no dropout draw
     with torch.no_grad():
         expected = teacher.eval()(view)

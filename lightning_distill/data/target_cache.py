@@ -31,7 +31,7 @@ from lightning_distill.atomic_files import exclusive, remove_stale_temporaries, 
 from lightning_distill.data.frame_store import FrameStore, contiguous_dataset
 from lightning_distill.errors import DataError
 
-# /2: targets of the teacher in eval mode; /1 files (train-mode outputs, see student._video_outputs) are rebuilt.
+# /2: targets of the teacher in eval mode; /1 files (train-mode outputs, see training/teacher_targets.py) are rebuilt.
 FORMAT = "vdistill-teacher-targets/2"
 FIELDS = ("representation", "probabilities")
 _HASH_BLOCK = 16 << 20

@@ -149,17 +149,27 @@ def prediction_loss(
         distance: ``"kl"`` or ``"squared"``.
         temperature: T; both sides become ``sigmoid(logit(p) / T)`` first. 1 leaves them as they are.
     """
+    return prediction_distance(p_teacher, p_student, distance, temperature).mean()
+
+
+def prediction_distance(
+    p_teacher: Tensor,
+    p_student: Tensor,
+    distance: Literal["kl", "squared"] = "kl",
+    temperature: float = 1.0,
+) -> Tensor:
+    """``prediction_loss`` per video: (B, C) teacher and student probabilities -> (B,) distances (float32)."""
     with _float32_context(p_student):
         p_t = _temper(p_teacher.detach().float(), temperature)
         p_s = _temper(p_student.float(), temperature)
         if distance == "squared":
-            return (p_t - p_s).pow(2).sum(dim=1).mean()
+            return (p_t - p_s).pow(2).sum(dim=1)
         if distance == "kl":
             q_t = p_t / p_t.sum(dim=1, keepdim=True)
             q_s = p_s / p_s.sum(dim=1, keepdim=True)
             # xlogy makes 0 log 0 = 0; the clamp keeps log finite where a student probability underflowed.
             kl = torch.xlogy(q_t, q_t) - q_t * torch.log(q_s.clamp(min=torch.finfo(q_s.dtype).tiny))
-            return kl.sum(dim=1).mean()
+            return kl.sum(dim=1)
         raise ConfigError(f"prediction_loss distance must be 'kl' or 'squared', got {distance!r}")
 
 

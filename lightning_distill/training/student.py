@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -11,15 +10,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_distill.data.batch import FrameView, VideoBatch
-from lightning_distill.data.normalization import FeatureNormalizer, normalizer_from_config
+from lightning_distill.data.batch import VideoBatch
 from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, UniformSampler
-from lightning_distill.data.target_cache import TargetCache
 from lightning_distill.errors import ConfigError
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.heads import ClassifierHead, LogisticHead
 from lightning_distill.models.modes import eval_mode
-from lightning_distill.training.checkpoints import load_module, read_checkpoint
 from lightning_distill.training.losses import (
     ClassificationLoss,
     DistillLoss,
@@ -29,7 +25,6 @@ from lightning_distill.training.losses import (
 )
 from lightning_distill.training.ensemble import RepresentationAdapter, ensemble_output
 from lightning_distill.training.module import (
-    INPUT_NORMALIZATION,
     VideoClassifierModule,
     check_blocks,
     check_same_family,
@@ -40,6 +35,12 @@ from lightning_distill.training.module import (
 )
 from lightning_distill.training.outputs import ModelOutput
 from lightning_distill.training.teacher import TeacherModule
+from lightning_distill.training.teacher_targets import (
+    cached_targets,
+    check_same_inputs,
+    load_frozen_teacher,
+    load_weights,
+)
 
 TEACHER_PREFIX = "teacher."
 ADAPTER_PREFIX = "adapter."
@@ -180,7 +181,7 @@ class StudentModule(VideoClassifierModule):
             return
         primary = self._load_teacher(self.teacher_checkpoint) if self.teacher_checkpoint else None
         teachers = [primary] if primary is not None else []
-        teachers += [_load_frozen(path) for path in self.ensemble_teachers]
+        teachers += [load_frozen_teacher(path) for path in self.ensemble_teachers]
         datamodule = self.trainer.datamodule
         if self.cacheable and hasattr(datamodule, "teacher_targets"):
             if primary is not None:
@@ -188,7 +189,10 @@ class StudentModule(VideoClassifierModule):
             else:
                 rank_zero_info("student head: trained from scratch (no teacher of the student's family and sizes)")
             datamodule.use_teacher_targets(
-                [self._cache_targets(t, path, datamodule) for t, path in zip(teachers, self.teacher_paths)]
+                [
+                    cached_targets(self.trainer, teacher, path, self.teacher_sampler)
+                    for teacher, path in zip(teachers, self.teacher_paths)
+                ]
             )
             self._targets_cached = True
             if len(teachers) > 1 or primary is None:
@@ -196,7 +200,7 @@ class StudentModule(VideoClassifierModule):
             return
         if self.ensemble_teachers:
             raise ConfigError("ensemble_teachers need a data module that caches teacher targets (YT8MDataModule)")
-        _check_same_inputs(self.teacher_checkpoint, datamodule)
+        check_same_inputs(self.teacher_checkpoint, datamodule)
         if self.criterion.teacher_outputs - CACHEABLE_OUTPUTS and self.teacher_targets == "cached":
             rank_zero_info("teacher targets: live (L_rep^I compares the teacher's per-frame states every step)")
         self.teacher = primary
@@ -206,7 +210,7 @@ class StudentModule(VideoClassifierModule):
         if self.trainer.ckpt_path is not None:
             return
         if self.init_from is not None:
-            self._load_student_weights(self.init_from)
+            load_weights(self.init_from, {"encoder": self.encoder, "head": self.head}, "init_from")
         elif self._teacher_head is not None:
             self.head.load_state_dict(self._teacher_head)
         elif self.teacher is not None:
@@ -249,23 +253,6 @@ class StudentModule(VideoClassifierModule):
             )
         super().on_load_checkpoint(checkpoint)
 
-    def _cache_targets(self, teacher: TeacherModule, path: str, datamodule: Any) -> TargetCache:
-        """The teacher's cached outputs for the training videos (built if needed), on the inputs it was trained on."""
-        device = self.trainer.strategy.root_device
-        teacher.to(device)
-        cache, built = datamodule.teacher_targets(
-            lambda view: _video_outputs(teacher, view),
-            checkpoint=path,
-            sampler=self.teacher_sampler,
-            device=device,
-            precision=str(self.trainer.precision),
-            context=self.trainer.precision_plugin.forward_context,
-            normalization=recorded_normalization(path),
-        )
-        action = "built" if built else "reused"
-        rank_zero_info(f"teacher targets: cached, {action} {cache.path} (the build took {cache.build_seconds:.1f} s)")
-        return cache
-
     def _adapter(self, encoders: list[VideoEncoder]) -> RepresentationAdapter:
         """Matches the student's representation to the ensemble's: itself for a teacher of its family and sizes."""
         projected = [not same_family(encoder, self.encoder) for encoder in encoders]
@@ -273,61 +260,12 @@ class StudentModule(VideoClassifierModule):
 
     def _load_teacher(self, path: str) -> TeacherModule:
         """The student's own teacher: of its family and sizes, with the head the student starts from."""
-        teacher = _load_frozen(path)
+        teacher = load_frozen_teacher(path)
         check_same_family(teacher.encoder, self.encoder, f"teacher checkpoint {path}")
         check_blocks(teacher.encoder, self.teacher_sampler, "teacher")
         _check_same_head(teacher.head, self.head, path)
         return teacher
 
-    def _load_student_weights(self, path: str) -> None:
-        state = read_checkpoint(path)["state_dict"]
-        for name, part in (("encoder", self.encoder), ("head", self.head)):
-            prefix = f"{name}."
-            weights = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-            try:
-                part.load_state_dict(weights)
-            except RuntimeError:
-                raise ConfigError(
-                    f"init_from {path} does not hold this student's {name} weights (missing or other sizes): "
-                    "give a checkpoint of a StudentModule with the same encoder and head"
-                ) from None
-
-
-def _load_frozen(path: str) -> TeacherModule:
-    """A teacher checkpoint as a frozen ``TeacherModule`` (on the CPU)."""
-    if not Path(path).is_file():
-        raise ConfigError(f"teacher checkpoint {path} does not exist: train a TeacherModule with `vdistill fit`")
-    teacher = load_module(TeacherModule, path)
-    # Frozen weights but not LightningModule.freeze(): its eval() would leave the teacher in eval mode at the
-    # start of training, which Lightning warns about; model_step sets eval mode just where the teacher runs.
-    teacher.requires_grad_(False)
-    return teacher
-
-
-def recorded_normalization(path: str) -> FeatureNormalizer | None:
-    """The input normalisation the model of checkpoint ``path`` was trained on, or None if it records none (a
-    checkpoint written before vdistill kept it)."""
-    record = read_checkpoint(path, weights=False).get(INPUT_NORMALIZATION)
-    return None if record is None else normalizer_from_config(record, f"checkpoint {path}")
-
-
-def _check_same_inputs(path: str, datamodule: Any) -> None:
-    """Raise ``ConfigError`` if a live teacher would see inputs normalised otherwise than those it was trained on."""
-    recorded = recorded_normalization(path)
-    current = getattr(datamodule, "normalization", None)
-    if recorded is not None and current is not None and repr(recorded) != repr(current):
-        raise ConfigError(
-            f"teacher checkpoint {path} was trained on {recorded!r} inputs but the data gives {current!r}: use "
-            "teacher_targets: cached (each teacher's targets are computed on its own inputs) or set data.normalization"
-        )
-
-
-def _video_outputs(teacher: TeacherModule, view: FrameView) -> dict[str, Tensor]:
-    """What the cache keeps of the teacher's outputs for a view: those of the frozen teacher, in eval mode as where
-    it runs live (dropout off, batch-norm running statistics), not the noisy train-mode outputs of a fresh load."""
-    with eval_mode(teacher):
-        output = teacher(view)
-    return {"representation": output.representation, "probabilities": output.probabilities}
 
 
 def _check_same_head(teacher_head: nn.Module, student_head: nn.Module, path: str) -> None:
