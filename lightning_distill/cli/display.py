@@ -33,6 +33,7 @@ class ModelSummary(RichModelSummary):
         self._flops: dict[str, int] = {}
         if hasattr(pl_module, "inference_network"):
             network = pl_module.inference_network()
+        if hasattr(pl_module, "inference_network") and network is not None:
             frames = network.frames_per_video(getattr(trainer.datamodule, "max_frames", MAX_FRAMES))
             encoder_macs, head_macs = inference_macs_by_part(network.encoder, network.head, frames)
             self._flops = {"encoder": 2 * encoder_macs, "head": 2 * head_macs}

@@ -33,7 +33,12 @@ RUNS_ROOT = "runs"
 LATEST = "latest"
 RUN_DIR_ENV = "VDISTILL_RUN_DIR"
 # Module class -> role in a run's default name; a TeacherModule seeing k frames is a baseline.
-_ROLES = {"TeacherModule": "teacher", "StudentModule": "student", "DistillModule": "parallel"}
+_ROLES = {
+    "TeacherModule": "teacher",
+    "StudentModule": "student",
+    "DistillModule": "parallel",
+    "EarlyExitModule": "early_exit",
+}
 
 
 def choose_run_directory(

@@ -22,7 +22,7 @@ from lightning_distill.errors import ConfigError
 from lightning_distill.evaluation.flops import CostProfile, profile_model
 from lightning_distill.evaluation.tables import print_cost
 from lightning_distill.training.checkpoints import read_checkpoint
-from lightning_distill.training.module import VideoClassifierModule, check_blocks, describe
+from lightning_distill.training.module import InferenceNetwork, VideoClassifierModule, check_blocks, describe
 
 
 class VDistillTrainer(Trainer):
@@ -46,7 +46,7 @@ class VDistillTrainer(Trainer):
             batch_size: videos per timed forward pass.
             output: also write the profile as JSON here.
         """
-        network = model.inference_network()
+        network = fixed_network(model)
         num_frames = frames or network.frames_per_video(getattr(datamodule, "max_frames", MAX_FRAMES))
         cost = profile_model(
             network.encoder,
@@ -94,7 +94,7 @@ class VDistillTrainer(Trainer):
             checkpoint = read_checkpoint(ckpt_path)
             model.on_load_checkpoint(checkpoint)
             model.load_state_dict(checkpoint["state_dict"])
-        inference = model.inference_network()
+        inference = fixed_network(model)
         sampler = inference.sampler
         if sampler.k is None:
             sampler = UniformSampler(frames or datamodule.max_frames)
@@ -120,6 +120,21 @@ class VDistillTrainer(Trainer):
                 "real batch: not written; please report this with the config"
             )
         return report
+
+
+def fixed_network(model: VideoClassifierModule) -> InferenceNetwork:
+    """The module's inference network, for profiling or export.
+
+    Raises:
+        ConfigError: the module has none (it reads each video as far as it decides).
+    """
+    network = model.inference_network()
+    if network is None:
+        raise ConfigError(
+            f"{type(model).__name__} reads each video as far as its gate says, so it has no fixed network to profile "
+            "or export: profile or export its student (the init_from checkpoint) at each stage's k"
+        )
+    return network
 
 
 @dataclass(frozen=True)

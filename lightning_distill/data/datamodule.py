@@ -232,6 +232,21 @@ class YT8MDataModule(L.LightningDataModule):
 
         return build_target_cache(path, key, batches, teacher=str(checkpoint))
 
+    def read_view(self, split: str, videos: Tensor, positions: Tensor) -> FrameView:
+        """Frames of a split's videos read on demand, as the model sees them (on ``positions``' device): what a
+        per-video frame selection (``EarlyExitModule``) reads after the batch it decided on.
+
+        Args:
+            split: ``train``, ``val``, ``test`` or ``predict``, whose store ``videos`` index.
+            videos: (B,) long store indices (``VideoBatch.indices``).
+            positions: (B, T) long frame indices in each video, -1 for slots to leave empty (not read).
+        """
+        if split not in self._stores:
+            raise ConfigError(f"no {split} store is open to read from: set data.{split}_files")
+        raw = self._stores[split].read_frames(videos.cpu().numpy(), positions.cpu().numpy())
+        view = FrameView(frames=torch.from_numpy(raw).to(positions.device), mask=positions >= 0, positions=positions)
+        return _view_inputs(view, self.normalization)
+
     def use_teacher_targets(self, caches: list[TargetCache]) -> None:
         """Attach these caches' rows to every training batch from now on (``VideoBatch.targets``, in this order)."""
         self._targets = list(caches)
@@ -340,11 +355,17 @@ def find_num_classes(sources: dict[str, str | None], store_dir: str | Path, *, v
 def _model_inputs(batch: VideoBatch, normalization: FeatureNormalizer) -> VideoBatch:
     """``batch`` with every view's uint8 frames dequantised (exact zeros at padding) and normalised, in place."""
     for view in batch.views.values():
-        frames = view.frames
-        if frames.dtype == torch.uint8:
-            frames = (frames.float() * DEQUANT_SCALE + DEQUANT_BIAS).masked_fill_(~view.mask[..., None], 0.0)
-        view.frames = normalization(frames, view.mask)
+        _view_inputs(view, normalization)
     return batch
+
+
+def _view_inputs(view: FrameView, normalization: FeatureNormalizer) -> FrameView:
+    """``view`` with its uint8 frames dequantised (exact zeros at padding) and normalised, in place."""
+    frames = view.frames
+    if frames.dtype == torch.uint8:
+        frames = (frames.float() * DEQUANT_SCALE + DEQUANT_BIAS).masked_fill_(~view.mask[..., None], 0.0)
+    view.frames = normalization(frames, view.mask)
+    return view
 
 
 def _is_store(source: str) -> bool:

@@ -27,6 +27,8 @@ class CostProfileLogger(Callback):
         if trainer.logger is None or not hasattr(pl_module, "inference_network"):
             return
         network = pl_module.inference_network()
+        if network is None:  # a module that reads per video (EarlyExitModule) has no one network to time
+            return
         frames = network.frames_per_video(getattr(trainer.datamodule, "max_frames", MAX_FRAMES))
         cost = profile_model(
             network.encoder,

@@ -116,8 +116,9 @@ class VideoClassifierModule(L.LightningModule, ABC):
         """Classify one view with ``encoder`` + ``head``."""
         return classify(self.encoder, self.head, view)
 
-    def inference_network(self) -> InferenceNetwork:
-        """The encoder, head and sampler this module predicts with."""
+    def inference_network(self) -> InferenceNetwork | None:
+        """The encoder, head and sampler this module predicts with; None for a module that reads each video as far
+        as it decides (``EarlyExitModule``), whose network is not one fixed graph."""
         return InferenceNetwork(self.encoder, self.head, self.sampler)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
