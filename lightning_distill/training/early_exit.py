@@ -9,8 +9,9 @@ Nested stages: Uniform-k takes frame ``floor((2i + 1) L / 2k)``; for k' = m k wi
 Uniform-k frame (slot i of k is slot ((2i + 1) m - 1) / 2 of k'), so a later stage re-reads nothing. Stages must
 therefore grow by odd factors (6 -> 18 -> 54, 6 -> 30, 2 -> 6 -> 30).
 
-The gate's training signal: per video and stage j, d_j = L_pred(P_T, P_j) is how far the stage's prediction is
-from the teacher's (cached targets, as for a Serial student); the gate regresses the gain of reading on,
+The gate's training signal: per video and stage j, d_j = sum_c (P_T,c - P_j,c)^2 (``distance``; L_pred's KL is the
+other choice) is how far the stage's prediction is from the teacher's (cached targets, as for a Serial student);
+the gate regresses the gain of reading on,
 d_j - d_{j+1}, from the stage's predicted probabilities. At evaluation a video reads on while the predicted gain is
 above ``threshold``, and stops otherwise. What is read is read then, from the store, and counted: ``frames_read``
 and ``gflops`` (every stage the video ran, the gate included) are logged beside the metrics and returned by
@@ -20,7 +21,7 @@ predict.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -109,6 +110,8 @@ class EarlyExitModule(VideoClassifierModule):
         optimizer: builds the gate's optimiser.
         lr_scheduler: builds a per-epoch learning-rate schedule, or None.
         gate_hidden: hidden units of the gate.
+        distance: how far a stage's prediction is from the teacher's (``prediction_distance``): ``squared`` (sum of
+            squared probability differences, bounded) or ``kl`` (L_pred's default, heavy-tailed).
     """
 
     evaluated_roles = ("student",)
@@ -126,6 +129,7 @@ class EarlyExitModule(VideoClassifierModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         gate_hidden: int = 32,
+        distance: Literal["kl", "squared"] = "squared",
     ) -> None:
         stages = list(stages or [6, 18])
         check_stages(stages)
@@ -137,6 +141,9 @@ class EarlyExitModule(VideoClassifierModule):
         self.teacher_checkpoint = teacher_checkpoint
         self.stages = stages
         self.threshold = threshold
+        if distance not in ("kl", "squared"):
+            raise ConfigError(f"EarlyExitModule distance must be 'kl' or 'squared', got {distance!r}")
+        self.distance = distance
         self.gate = ExitGate(len(stages) - 1, gate_hidden)
         # The student is trained already: only the gate learns.
         self.encoder.requires_grad_(False)
@@ -190,7 +197,7 @@ class EarlyExitModule(VideoClassifierModule):
         teacher's prediction, averaged over videos and stages."""
         teacher = outputs["teacher"].probabilities
         probabilities = [outputs[f"stage{j}"].probabilities for j in range(len(self.stages))]
-        distances = [prediction_distance(teacher, p) for p in probabilities]
+        distances = [prediction_distance(teacher, p, self.distance) for p in probabilities]
         errors = [
             nn.functional.mse_loss(self.gate(probabilities[j], j), distances[j] - distances[j + 1])
             for j in range(len(self.stages) - 1)
