@@ -12,9 +12,10 @@ Input: a finished any-k experiment (``vdistill experiment`` with a ``train_ks`` 
 3. runs ``vdistill test`` at each threshold and reads ``test/gap``, ``test/frames_read`` and ``test/gflops``
    (every stage a video ran, the gate included) from its metrics file;
 4. for reference, scores on the test split the same two stages mixed by other choices of which videos read on,
-   at the same fractions: at random (mean of 5 draws) and by an oracle that knows the labels (the videos whose
-   true classes gain most probability mass from the second stage): where the gate stands between chance and the
-   best any selection could do;
+   at the same fractions: at random (mean of 5 draws); by the gate's own target computed from both stages' actual
+   outputs (the videos whose prediction the second stage brings closest to the teacher's: the best a perfect gate
+   could do); and by an oracle that knows the labels (the videos whose true classes gain most probability mass
+   from the second stage): where the gate stands between chance and the best any selection could do;
 5. prints, and writes as ``early_exit.json`` and ``gap_vs_frames_read.png`` in ``--output``, the policy's points
    beside the experiment's fixed-k rows for that seed (the any-k student, the per-k Serial student and Uniform-k at
    each k; their GFLOPs from the experiment's cost table).
@@ -37,12 +38,14 @@ import yaml
 from torch import Tensor
 
 from lightning_distill.config_files import load_config
-from lightning_distill.data.samplers import UniformSampler
+from lightning_distill.data.samplers import AllFramesSampler, UniformSampler
 from lightning_distill.evaluation.metrics import YT8MMetrics
 from lightning_distill.experiment.layout import ExperimentLayout, checkpoint_path, read_json
 from lightning_distill.experiment.tsne import load_datamodule
 from lightning_distill.training.checkpoints import load_module
 from lightning_distill.training.early_exit import EarlyExitModule, check_stages
+from lightning_distill.training.losses import prediction_distance
+from lightning_distill.training.teacher import TeacherModule
 
 VDISTILL = [sys.executable, "-m", "lightning_distill.cli.main"]
 
@@ -111,19 +114,25 @@ def calibrated_thresholds(config: Path, checkpoint: Path, stages: list[int], bud
 
 
 def reference_mixtures(config: Path, checkpoint: Path, stages: list[int], fractions: list[float]) -> list[dict]:
-    """Test GAP of the two stages' predictions mixed at each fraction: random videos, and the label oracle's."""
+    """Test GAP of the two stages' predictions mixed at each fraction: random videos, the gate's target's choice
+    (from both stages' actual outputs) and the label oracle's."""
     module = load_module(EarlyExitModule, checkpoint).eval()
+    teacher = load_module(TeacherModule, module.teacher_checkpoint).eval()
     data = load_datamodule(config)
-    data.views = {"first": UniformSampler(stages[0]), "second": UniformSampler(stages[1])}
+    data.views = {"first": UniformSampler(stages[0]), "second": UniformSampler(stages[1]), "all": AllFramesSampler()}
     data.setup("test")
-    first, second, labels = [], [], []
+    first, second, targets, labels = [], [], [], []
     with torch.no_grad():
         for batch in data.test_dataloader():
             batch = data.on_after_batch_transfer(batch, 0)
             first.append(module(batch.views["first"]).probabilities)
             second.append(module(batch.views["second"]).probabilities)
+            targets.append(teacher(batch.views["all"]).probabilities)
             labels.append(batch.labels)
-    first, second, labels = torch.cat(first), torch.cat(second), torch.cat(labels)
+    first, second, targets, labels = torch.cat(first), torch.cat(second), torch.cat(targets), torch.cat(labels)
+    target_gain = prediction_distance(targets, first, module.distance) - prediction_distance(
+        targets, second, module.distance
+    )
 
     def gap(reading_on: Tensor) -> float:
         mixed = first.clone()
@@ -139,7 +148,8 @@ def reference_mixtures(config: Path, checkpoint: Path, stages: list[int], fracti
     for fraction in fractions:
         count = round(fraction * len(labels))
         draws = [gap(torch.randperm(len(labels), generator=generator)[:count]) for _ in range(5)]
-        references.append({"random": float(np.mean(draws)), "oracle": gap(oracle_gain.topk(count).indices)})
+        references.append({"random": float(np.mean(draws)), "gate_target": gap(target_gain.topk(count).indices),
+                           "oracle": gap(oracle_gain.topk(count).indices)})
     return references
 
 
@@ -210,16 +220,17 @@ def main() -> None:
         metrics = read_json(test_dir / "test_metrics.json")
         points.append({"budget": budget, "threshold": threshold, "gap": metrics["test/gap"],
                        "frames_read": metrics["test/frames_read"], "gflops": metrics["test/gflops"],
-                       "random_gap": reference["random"], "oracle_gap": reference["oracle"]})
+                       "random_gap": reference["random"], "gate_target_gap": reference["gate_target"],
+                       "oracle_gap": reference["oracle"]})
     rows = fixed_k_rows(layout, args.seed)
     (args.output / "early_exit.json").write_text(json.dumps({"student_cell": cell, "stages": args.stages,
                                                              "policy": points, "fixed_k": rows}, indent=2))
     plot(points, rows, args.output / "gap_vs_frames_read.png")
     print(f"Early exit on {cell} (stages {args.stages[0]} -> {args.stages[1]}), thresholds from validation:")
-    print(f"{'budget':>8} {'frames read':>12} {'GFLOPs':>9} {'test GAP':>9} {'random':>8} {'oracle':>8}")
+    print(f"{'budget':>8} {'frames read':>12} {'GFLOPs':>9} {'test GAP':>9} {'random':>8} {'target':>8} {'oracle':>8}")
     for p in points:
         print(f"{p['budget']:>8g} {p['frames_read']:>12.2f} {p['gflops']:>9.4f} {p['gap']:>9.4f} "
-              f"{p['random_gap']:>8.4f} {p['oracle_gap']:>8.4f}")
+              f"{p['random_gap']:>8.4f} {p['gate_target_gap']:>8.4f} {p['oracle_gap']:>8.4f}")
     print("Fixed k (the experiment's cells of this seed):")
     for method, entries in rows.items():
         print(f"  {method}: " + ", ".join(f"k={e['frames']} {e['gap']:.4f}" for e in sorted(entries, key=lambda e: e["frames"])))

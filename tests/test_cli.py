@@ -73,6 +73,10 @@ def test_every_tiny_config_trains_one_batch(name, synthetic_tfrecords, tmp_path,
     args = ["fit", f"--config={CONFIGS / 'tiny' / name}", *data_args(synthetic_tfrecords, tmp_path / "stores")]
     if name.startswith("student_"):
         args.append(f"--model.init_args.teacher_checkpoint={teacher_checkpoint(name, synthetic_tfrecords, tmp_path)}")
+    if name.startswith("early_exit_"):
+        # The gate reads a trained student; the family's teacher, trained for a step, stands in for it and its teacher.
+        trained = teacher_checkpoint(name.replace("early_exit_", "student_"), synthetic_tfrecords, tmp_path)
+        args += [f"--model.init_args.init_from={trained}", f"--model.init_args.teacher_checkpoint={trained}"]
     run_ok([*args, "--trainer.fast_dev_run=1"])
 
 
