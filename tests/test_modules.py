@@ -379,6 +379,28 @@ def test_student_of_another_architecture_is_a_config_error(teacher_ckpt, student
     assert "teacher checkpoint" in message and "use a student of the teacher's family" in message
 
 
+def test_a_student_head_can_start_from_scratch_instead_of_the_teachers(teacher_ckpt):
+    saved = torch.load(teacher_ckpt, weights_only=True)["state_dict"]
+    teacher_head = {k[len("head.") :]: v for k, v in saved.items() if k.startswith("head.")}
+    torch.manual_seed(0)
+    student = StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4),
+                            loss={"pred": PredictionLoss(), "ce": ClassificationLoss()}, head_from_teacher=False)
+    fresh = state(student.head)
+    started: list[dict[str, torch.Tensor]] = []
+
+    class RecordStartingHead(L.Callback):
+        def on_train_start(self, trainer, module):
+            started.append(state(module.head))
+
+    t = trainer(max_steps=1, callbacks=[RecordStartingHead()])
+    t.fit(student, datamodule=TinyVideos())
+    # Training started from the head's own random weights, not the teacher's.
+    assert same(started[0], fresh) and not same(started[0], teacher_head)
+    with pytest.raises(ConfigError, match="no loss term trains the head"):
+        StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4),
+                      loss={"rep": RepresentationLoss()}, head_from_teacher=False)
+
+
 def test_student_head_of_another_kind_is_a_config_error(teacher_ckpt):
     student = StudentModule(hrnn(), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(8), head=MoEHead)
     with pytest.raises(ConfigError, match="LogisticHead head .* MoEHead"):

@@ -103,6 +103,8 @@ class StudentModule(VideoClassifierModule):
             a later ``vdistill test``/``predict`` may set to any value (``--model.init_args.sampler.init_args.k``).
         ensemble_teachers: further ``TeacherModule`` checkpoints, of any family, distilled from together with
             ``teacher_checkpoint`` (see above); they need cached targets and loss terms on video-level outputs.
+        head_from_teacher: start the head from the teacher's trained head (the paper's shared classifier); False
+            trains it from scratch with the encoder (measured better for tiny NeXtVLAD, see the README).
     """
 
     evaluated_roles = ("student",)
@@ -123,6 +125,7 @@ class StudentModule(VideoClassifierModule):
         teacher_targets: Literal["cached", "live"] = "cached",
         train_sampler: FrameSampler | None = None,
         ensemble_teachers: list[str] | None = None,
+        head_from_teacher: bool = True,
     ) -> None:
         super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30))
         teacher_sampler = teacher_sampler or AllFramesSampler()
@@ -143,6 +146,12 @@ class StudentModule(VideoClassifierModule):
                 "ensemble_teachers are distilled from cached targets (each on the inputs it was trained on): set "
                 "teacher_targets: cached and compare only video-level outputs (L_rep, L_pred; not L_rep^I)"
             )
+        if not head_from_teacher and not any(term.trains_head for term in self.criterion.terms.values()):
+            raise ConfigError(
+                "head_from_teacher is false but no loss term trains the head, which would stay random: add L_CE or "
+                "L_pred, or start the head from the teacher's"
+            )
+        self.head_from_teacher = head_from_teacher
         self.teacher_checkpoint = teacher_checkpoint
         self.init_from = init_from
         self.teacher_sampler = teacher_sampler
@@ -211,9 +220,9 @@ class StudentModule(VideoClassifierModule):
             return
         if self.init_from is not None:
             load_weights(self.init_from, {"encoder": self.encoder, "head": self.head}, "init_from")
-        elif self._teacher_head is not None:
+        elif self._teacher_head is not None and self.head_from_teacher:
             self.head.load_state_dict(self._teacher_head)
-        elif self.teacher is not None:
+        elif self.teacher is not None and self.head_from_teacher:
             self.head.load_state_dict(self.teacher.head.state_dict())
 
     def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
