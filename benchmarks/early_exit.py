@@ -233,7 +233,8 @@ def main() -> None:
               f"{p['random_gap']:>8.4f} {p['gate_target_gap']:>8.4f} {p['oracle_gap']:>8.4f}")
     print("Fixed k (the experiment's cells of this seed):")
     for method, entries in rows.items():
-        print(f"  {method}: " + ", ".join(f"k={e['frames']} {e['gap']:.4f}" for e in sorted(entries, key=lambda e: e["frames"])))
+        ordered = sorted(entries, key=lambda e: e["frames"])
+        print(f"  {method}: " + ", ".join(f"k={e['frames']} {e['gap']:.4f}" for e in ordered))
 
 
 if __name__ == "__main__":

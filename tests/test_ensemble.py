@@ -89,8 +89,9 @@ def data_module(synthetic, tmp_path) -> YT8MDataModule:
 
 def fit(student, synthetic, tmp_path, **trainer) -> Trainer:
     torch.manual_seed(0)
-    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                      enable_model_summary=False, limit_val_batches=0, default_root_dir=str(tmp_path), **trainer)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                      default_root_dir=str(tmp_path), **trainer)
     trainer.fit(student, datamodule=data_module(synthetic, tmp_path))
     return trainer
 
@@ -125,7 +126,8 @@ def test_an_ensemble_student_trains_from_each_teachers_cached_targets(teachers, 
     # The H-RNN part is the student's own representation (the paper's L_rep); NeXtVLAD's is projected.
     nextvlad = load_module(TeacherModule, teachers["nextvlad"]).eval()
     kinds = [type(p).__name__ for p in student.adapter.projections]
-    assert kinds == ["Identity", "Linear"] and student.adapter.projections[1].out_features == nextvlad.encoder.output_dim
+    assert kinds == ["Identity", "Linear"]
+    assert student.adapter.projections[1].out_features == nextvlad.encoder.output_dim
     # NeXtVLAD's targets are its outputs on the inputs it was trained on (reverse-whitened), not the student's.
     store = FrameStore(tmp_path / "stores" / "train.h5")
     record = store[0]

@@ -31,9 +31,8 @@ class ModelSummary(RichModelSummary):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flops: dict[str, int] = {}
-        if hasattr(pl_module, "inference_network"):
-            network = pl_module.inference_network()
-        if hasattr(pl_module, "inference_network") and network is not None:
+        network = pl_module.inference_network() if hasattr(pl_module, "inference_network") else None
+        if network is not None:  # None: a module that reads per video (EarlyExitModule) has no one network
             frames = network.frames_per_video(getattr(trainer.datamodule, "max_frames", MAX_FRAMES))
             encoder_macs, head_macs = inference_macs_by_part(network.encoder, network.head, frames)
             self._flops = {"encoder": 2 * encoder_macs, "head": 2 * head_macs}

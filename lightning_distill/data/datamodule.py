@@ -8,7 +8,7 @@ a teacher needs all frames, a student its k, distillation both, read from disk o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -279,7 +279,7 @@ class YT8MDataModule(L.LightningDataModule):
         views: dict[str, FrameSampler],
         shuffle: bool,
         ranks: dict[str, int],
-        targets: list[TargetCache] = (),
+        targets: Sequence[TargetCache] = (),
     ) -> ThreadedDataLoader:
         return ThreadedDataLoader(
             VideoBatchDataset(store, videos, views, self.max_frames, targets),

@@ -169,7 +169,9 @@ class VideoBatchDataset(Dataset[VideoBatch]):
                 for name, index in indices.items()
             },
             indices=torch.from_numpy(videos),
-            targets=[{name: torch.from_numpy(rows) for name, rows in cache.read(videos).items()} for cache in self.targets]
+            targets=[
+                {name: torch.from_numpy(rows) for name, rows in cache.read(videos).items()} for cache in self.targets
+            ]
             or None,
         )
 

@@ -122,7 +122,9 @@ def normalizer_from_config(config: dict[str, object], source: str) -> FeatureNor
     try:
         return cls(**dict(config.get("init_args") or {}))
     except TypeError as error:
-        raise ConfigError(f"{source} records arguments {config.get('init_args')} that {cls.__name__} refuses: {error}") from None
+        raise ConfigError(
+            f"{source} records arguments {config.get('init_args')} that {cls.__name__} refuses: {error}"
+        ) from None
 
 
 def _subclasses(cls: type) -> list[type]:

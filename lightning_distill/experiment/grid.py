@@ -67,7 +67,12 @@ class StudentVariant:
         if self.train_ks and not self.tag:
             self.tag = "any-k"
         if self.teachers and not self.tag:
-            self.tag = "from-" + "+".join(self.teachers)
+            self.tag = self._teachers_tag
+
+    @property
+    def _teachers_tag(self) -> str:
+        """The tag of an ensemble variant that names none: ``from-<families joined by +>``."""
+        return "from-" + "+".join(self.teachers or [])
 
     @property
     def slug(self) -> str:
@@ -83,7 +88,7 @@ class StudentVariant:
     def label(self) -> str:
         """The paper's row label, e.g. ``Serial L_rep, L_pred, L_CE``."""
         label = f"{self.mode.capitalize()} {', '.join(LOSS_TERMS[t].symbol for t in self.losses)}"
-        if self.teachers and self.tag == "from-" + "+".join(self.teachers):
+        if self.teachers and self.tag == self._teachers_tag:
             return f"{label} (teachers: {' + '.join(self.teachers)})"
         return f"{label} ({self.tag})" if self.tag else label
 
@@ -231,12 +236,16 @@ def _check_variant(variant: StudentVariant) -> None:
         if variant.mode != "serial":
             raise ConfigError(f"{variant.slug} sets train_ks, but an any-k student is trained Serial: use mode serial")
         if not variant.train_ks or any(not isinstance(k, int) or k < 1 for k in variant.train_ks):
-            raise ConfigError(f"train_ks {variant.train_ks} of {variant.slug}: list frame counts >= 1, e.g. [6, 10, 30]")
+            raise ConfigError(
+                f"train_ks {variant.train_ks} of {variant.slug}: list frame counts >= 1, e.g. [6, 10, 30]"
+            )
     if variant.teachers is not None:
         if variant.mode != "serial":
             raise ConfigError(f"{variant.slug} sets teachers, but an ensemble is distilled Serial: use mode serial")
         if not variant.teachers or len(set(variant.teachers)) != len(variant.teachers):
-            raise ConfigError(f"teachers {variant.teachers} of {variant.slug}: list each family once, e.g. [hrnn, nextvlad]")
+            raise ConfigError(
+                f"teachers {variant.teachers} of {variant.slug}: list each family once, e.g. [hrnn, nextvlad]"
+            )
 
 
 def _roles(grid: Grid) -> list[str]:
@@ -253,6 +262,21 @@ def base_config_paths(grid: Grid, role: str, family: str | None = None) -> tuple
     return tuple(parts + ([root / grid.data_config] if grid.data_config else []))
 
 
+def teacher_cell(seed: int, family: str | None = None) -> str:
+    """The name of the cell training seed ``seed``'s teacher: of the grid's family (``family`` None) or another."""
+    return f"teacher-{family}-s{seed}" if family else f"teacher-s{seed}"
+
+
+def _distils_from(grid: Grid, variant: StudentVariant, seed: int) -> tuple[str | None, tuple[str, ...]]:
+    """The teacher cells a student variant distils from at ``seed``: the grid family's (None if not among its
+    teachers, and for Parallel students, who train their own) and those of the other families, its ensemble."""
+    if variant.mode != "serial":
+        return None, ()
+    families = variant.teachers or [grid.family]
+    own = teacher_cell(seed) if grid.family in families else None
+    return own, tuple(teacher_cell(seed, family) for family in families if family != grid.family)
+
+
 def other_teacher_families(grid: Grid) -> list[str]:
     """The families other than the grid's whose teachers some student variant distils from, in order."""
     listed = [family for variant in grid.students for family in variant.teachers or []]
@@ -262,18 +286,19 @@ def other_teacher_families(grid: Grid) -> list[str]:
 def expand_grid(grid: Grid) -> list[Cell]:
     """Check ``grid`` and list its cells: per seed the teacher, then baselines and students for every k.
 
-    Serial students name their seed's teacher cell, whose checkpoint they distil from; parallel students train
-    their own teacher and depend on nothing. An any-k student is trained by its cell at the grid's first k; its
+    Serial students name their seed's teacher cell, whose checkpoint they distil from, and the seed's teacher cells
+    of the other families they distil from as an ensemble (``_distils_from``); parallel students train their own
+    teacher and depend on nothing. An any-k student is trained by its cell at the grid's first k; its
     cells at the other ks name that one (``trained_by``).
     """
     check_grid(grid)
     cells: list[Cell] = []
     for seed in grid.seeds:
-        teacher = f"teacher-s{seed}"
-        cells.append(Cell(teacher, "teacher", TEACHER_METHOD, None, seed, base_config_paths(grid, "teacher")))
+        paths = base_config_paths(grid, "teacher")
+        cells.append(Cell(teacher_cell(seed), "teacher", TEACHER_METHOD, None, seed, paths))
         for family in other_teacher_families(grid):
             paths = base_config_paths(grid, "teacher", family)
-            cells.append(Cell(f"teacher-{family}-s{seed}", "teacher", teacher_method(family), None, seed, paths))
+            cells.append(Cell(teacher_cell(seed, family), "teacher", teacher_method(family), None, seed, paths))
         for k in grid.ks:
             for baseline in grid.baselines:
                 label = BASELINES[baseline].label
@@ -281,6 +306,7 @@ def expand_grid(grid: Grid) -> list[Cell]:
                 cells.append(Cell(f"{baseline}-k{k}-s{seed}", "baseline", label, k, seed, path, sampler=baseline))
             for variant in grid.students:
                 trainer = f"{variant.slug}-k{grid.ks[0]}-s{seed}" if variant.train_ks and k != grid.ks[0] else None
+                own_teacher, ensemble = _distils_from(grid, variant, seed)
                 cells.append(
                     Cell(
                         name=f"{variant.slug}-k{k}-s{seed}",
@@ -291,11 +317,9 @@ def expand_grid(grid: Grid) -> list[Cell]:
                         base_configs=base_config_paths(grid, variant.mode),
                         sampler="uniform",  # the paper's students all see Uniform-k frames
                         variant=variant,
-                        teacher=teacher if variant.mode == "serial" and grid.family in (variant.teachers or [grid.family]) else None,
+                        teacher=own_teacher,
                         trained_by=trainer,
-                        ensemble=tuple(
-                            f"teacher-{family}-s{seed}" for family in variant.teachers or [] if family != grid.family
-                        ),
+                        ensemble=ensemble,
                     )
                 )
     return cells

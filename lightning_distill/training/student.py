@@ -141,7 +141,8 @@ class StudentModule(VideoClassifierModule):
         check_teacher_comparisons(self.criterion, teacher_sampler)
         if teacher_targets not in ("cached", "live"):
             raise ConfigError(f"teacher_targets must be 'cached' or 'live', got {teacher_targets!r}")
-        if self.ensemble_teachers and (teacher_targets != "cached" or self.criterion.teacher_outputs - CACHEABLE_OUTPUTS):
+        live_or_per_frame = teacher_targets != "cached" or self.criterion.teacher_outputs - CACHEABLE_OUTPUTS
+        if self.ensemble_teachers and live_or_per_frame:
             raise ConfigError(
                 "ensemble_teachers are distilled from cached targets (each on the inputs it was trained on): set "
                 "teacher_targets: cached and compare only video-level outputs (L_rep, L_pred; not L_rep^I)"
@@ -274,7 +275,6 @@ class StudentModule(VideoClassifierModule):
         check_blocks(teacher.encoder, self.teacher_sampler, "teacher")
         _check_same_head(teacher.head, self.head, path)
         return teacher
-
 
 
 def _check_same_head(teacher_head: nn.Module, student_head: nn.Module, path: str) -> None:
