@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.frame_store import FrameStore
-from lightning_distill.data.samplers import FrameSampler
+from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, ScoredSampler
 from lightning_distill.data.target_cache import TargetCache
 
 
@@ -158,8 +158,12 @@ class VideoBatchDataset(Dataset[VideoBatch]):
         videos = np.sort(self.videos[request.positions])
         lengths = torch.from_numpy(np.minimum(self.store.lengths[videos], self.max_frames))
         generator = torch.Generator().manual_seed(request.seed)
-        indices = {name: sampler.indices(lengths, generator) for name, sampler in self.views.items()}
-        frames = self._read(videos, indices)
+        indices = {
+            name: sampler.indices(lengths, generator)
+            for name, sampler in self.views.items()
+            if not isinstance(sampler, ScoredSampler)
+        }
+        frames = self._read(videos, lengths, indices)
         return VideoBatch(
             video_ids=[self.store.video_ids[i] for i in videos],
             labels=torch.from_numpy(self.store.multi_hot(videos)),
@@ -175,12 +179,21 @@ class VideoBatchDataset(Dataset[VideoBatch]):
             or None,
         )
 
-    def _read(self, videos: np.ndarray, indices: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        """View name -> (B, T, D) frames, zero at padding, with one store read per batch where possible."""
+    def _read(
+        self, videos: np.ndarray, lengths: torch.Tensor, indices: dict[str, torch.Tensor]
+    ) -> dict[str, np.ndarray]:
+        """View name -> (B, T, D) frames, zero at padding, with one store read per batch where possible.
+
+        Views of a ``ScoredSampler`` get their ``indices`` entry here: their frames are chosen from every frame.
+        """
+        scored = [name for name, sampler in self.views.items() if isinstance(sampler, ScoredSampler)]
         every_frame = next((name for name, sampler in self.views.items() if sampler.k is None), None)
-        if every_frame is None:
+        if every_frame is None and not scored:
             return {name: self.store.read_frames(videos, index.numpy()) for name, index in indices.items()}
-        full = self.store.read_frames(videos, indices[every_frame].numpy())
+        all_frames = indices[every_frame] if every_frame else AllFramesSampler().indices(lengths)
+        full = self.store.read_frames(videos, all_frames.numpy())
+        for name in scored:
+            indices[name] = self.views[name].indices_from_frames(lengths, torch.from_numpy(full))
         return {name: full if name == every_frame else _gather(full, index.numpy()) for name, index in indices.items()}
 
 

@@ -240,6 +240,55 @@ class FirstMiddleLastSampler(KFrameSampler):
         return torch.cat([first, middle, last], dim=1)
 
 
+class ScoredSampler(KFrameSampler, ABC):
+    """Frames chosen per video from the video's content: the best-scoring frame of each of k equal segments.
+
+    Segment i of a video of length L holds frames ``floor(i L / k) .. floor((i + 1) L / k) - 1`` (Uniform-k's slot
+    i is its centre), so the k frames still spread over the whole video, as Uniform-k's do, but each is the one
+    its segment's ``scores`` rank first (ties: the earliest). A video shorter than k gets Uniform-k's frames.
+
+    Scores come from the frames themselves, so the data module reads every frame of a batch first (see
+    ``data/loading.py``) and calls ``indices_from_frames``; ``indices`` alone cannot choose.
+
+    Args:
+        k: frames kept per video.
+    """
+
+    @abstractmethod
+    def scores(self, frames: Tensor, mask: Tensor) -> Tensor:
+        """(B, T, D) frames as stored (uint8), (B, T) bool mask of real frames -> (B, T) float scores."""
+
+    @abstractmethod
+    def selection_cost(self, lengths: Tensor) -> dict[str, Tensor]:
+        """(B,) lengths -> per video what choosing cost beyond reading and running the k chosen frames:
+        ``selection_gflops`` and ``selection_frames`` (features read to score, in frames of FEATURE_DIM values)."""
+
+    def virtual_indices(self, virtual_lengths: Tensor, generator: torch.Generator | None) -> Tensor:
+        raise ConfigError(
+            f"{self!r} chooses frames from their content: use it as a data module view (vdistill fit/test), "
+            "which reads every frame to score them"
+        )
+
+    def indices_from_frames(self, lengths: Tensor, frames: Tensor) -> Tensor:
+        """(B,) lengths, (B, T) frames of every video (T >= max length; as stored) -> (B, k) sorted indices."""
+        steps = torch.arange(frames.shape[1], device=lengths.device)
+        return self.choose(lengths, self.scores(frames, steps < lengths[:, None]))
+
+    def choose(self, lengths: Tensor, scores: Tensor) -> Tensor:
+        """(B,) lengths, (B, T) scores -> (B, k): the first-ranked frame of each of k segments (module rules)."""
+        slots = torch.arange(self.k + 1, device=lengths.device)
+        bounds = slots * lengths[:, None] // self.k  # (B, k + 1): segment i is [bounds[i], bounds[i + 1])
+        starts, ends = bounds[:, :-1], bounds[:, 1:]
+        width = int((ends - starts).max().clamp(min=1))
+        candidates = starts[:, :, None] + torch.arange(width, device=lengths.device)  # (B, k, width)
+        inside = candidates < ends[:, :, None]
+        ranked = scores.gather(1, candidates.clamp(max=scores.shape[1] - 1).flatten(1)).view(candidates.shape)
+        best = ranked.masked_fill(~inside, float("-inf")).argmax(dim=2, keepdim=True)
+        chosen = candidates.gather(2, best).squeeze(2)
+        short = (lengths < self.k)[:, None]
+        return torch.where(short, UniformSampler(self.k).indices(lengths), chosen)
+
+
 class AnyKSampler(FrameSampler):
     """A k drawn afresh for every batch from ``ks``, then that k's frames by the ``selection`` scheme: the training
     view of an any-k student (one student for every k, see ``StudentModule``'s ``train_sampler``).
@@ -285,6 +334,7 @@ __all__ = [
     "LastSampler",
     "MiddleSampler",
     "RandomSampler",
+    "ScoredSampler",
     "UniformSampler",
     "WindowSampler",
 ]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.normalization import FeatureNormalizer, normalization_config
-from lightning_distill.data.samplers import FrameSampler
+from lightning_distill.data.samplers import FrameSampler, ScoredSampler
 from lightning_distill.errors import ConfigError, DataError
 from lightning_distill.evaluation.metrics import YT8MMetrics
 from lightning_distill.models.encoder import VideoEncoder
@@ -197,6 +197,11 @@ class VideoClassifierModule(L.LightningModule, ABC):
         for role, metric in self.metrics[stage].items():
             _raise_if_not_finite(outputs[role].probabilities, batch)
             metric.update(outputs[role].probabilities, batch.labels)
+        if isinstance(self.sampler, ScoredSampler):
+            # What choosing the frames cost, beside what the network cost: a content sampler's price (per video).
+            for name, values in self.sampler.selection_cost(batch.lengths).items():
+                self.log(f"{stage}/{name}", values.float().mean(), on_step=False, on_epoch=True,
+                         batch_size=len(batch), sync_dist=True)
 
     def _log_metrics(self, stage: str) -> None:
         metrics = self.metrics[stage]

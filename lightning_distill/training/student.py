@@ -159,7 +159,8 @@ class StudentModule(VideoClassifierModule):
         self.teacher_targets = teacher_targets
         self.train_sampler = train_sampler or self.sampler
         for k in getattr(self.train_sampler, "ks", [self.train_sampler.k]):
-            check_blocks(self.encoder, UniformSampler(k), "student's training view", adapt=False)
+            if k is not None:  # every frame: a student that skims them all (models/skim.py)
+                check_blocks(self.encoder, UniformSampler(k), "student's training view", adapt=False)
         # Loaded by setup("fit"): evaluating a student never needs its teacher. With cached targets only the
         # teacher's head (the student's starting head) is kept.
         self.teacher: TeacherModule | None = None
@@ -205,7 +206,7 @@ class StudentModule(VideoClassifierModule):
                 ]
             )
             self._targets_cached = True
-            if len(teachers) > 1 or primary is None:
+            if (len(teachers) > 1 or primary is None) and "representation" in self.criterion.teacher_outputs:
                 self.adapter = self._adapter([t.encoder for t in teachers])
             return
         if self.ensemble_teachers:

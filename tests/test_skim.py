@@ -1,0 +1,143 @@
+"""Frames chosen per video by an audio skim: the segment rule, what the skim reads, the loader, the command line."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from cli_support import CONFIGS, data_args, run_error, run_ok, teacher_checkpoint
+from lightning_distill.data.frame_store import FrameStore
+from lightning_distill.data.loading import BatchRequest, VideoBatchDataset
+from lightning_distill.data.samplers import ScoredSampler, UniformSampler
+from lightning_distill.data.yt8m import AUDIO_DIM, FEATURE_DIM, RGB_DIM
+from lightning_distill.errors import ConfigError
+from lightning_distill.models.skim import AudioSkimEncoder
+from lightning_distill.training.skim_sampler import SkimSampler
+
+
+class GivenScores(ScoredSampler):
+    """Scores fixed by the test: a (B, T) table, whatever the frames."""
+
+    def __init__(self, k: int, table: torch.Tensor) -> None:
+        super().__init__(k)
+        self.table = table
+
+    def scores(self, frames, mask):
+        return self.table
+
+    def selection_cost(self, lengths):
+        return {}
+
+
+class FirstAudioFeature(ScoredSampler):
+    """Scores each frame by its first audio feature as stored: what a test can recompute from the store."""
+
+    def scores(self, frames, mask):
+        return frames[..., RGB_DIM].float().masked_fill(~mask, float("-inf"))
+
+    def selection_cost(self, lengths):
+        return {}
+
+
+def test_each_of_k_segments_gives_its_best_scoring_frame():
+    table = torch.tensor(
+        [
+            # length 10, k = 3: segments [0, 3), [3, 6), [6, 10) -> 1, 5, 6
+            [0.0, 9.0, 1.0, 2.0, 2.5, 7.0, 8.0, 3.0, 3.0, 1.0],
+            # length 7: [0, 2), [2, 4), [4, 7); ties go to the earliest frame -> 0, 2, 6
+            [4.0, 4.0, 1.0, 1.0, 0.0, 0.0, 5.0, -9.0, -9.0, -9.0],
+            # length 2 < k: Uniform-3's frames of a 2-frame video, 0, 0, 1, whatever the scores
+            [0.0, 9.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0],
+        ]
+    )
+    lengths = torch.tensor([10, 7, 2])
+    chosen = GivenScores(3, table).choose(lengths, table)
+    assert chosen.tolist() == [[1, 5, 6], [0, 2, 6], [0, 0, 1]]
+    assert torch.equal(chosen[2], UniformSampler(3).indices(lengths[2:])[0])
+
+
+def test_a_content_sampler_cannot_choose_without_the_frames():
+    with pytest.raises(ConfigError, match="chooses frames from their content"):
+        FirstAudioFeature(3).indices(torch.tensor([10]))
+
+
+def test_the_skim_reads_only_audio_and_ignores_padding():
+    torch.manual_seed(0)
+    skim = AudioSkimEncoder(hidden=8).eval()
+    frames = torch.randn(2, 12, FEATURE_DIM)
+    mask = torch.arange(12) < torch.tensor([[12], [7]])
+    other_rgb = frames.clone()
+    other_rgb[..., :RGB_DIM] = torch.randn(2, 12, RGB_DIM)
+    scores = skim.frame_scores(frames, mask)
+    assert torch.equal(scores, skim.frame_scores(other_rgb, mask))
+    assert torch.isinf(scores[1, 7:]).all() and torch.isfinite(scores[1, :7]).all()
+    # Padding changes neither the pooled representation nor the real frames' scores.
+    alone = skim(frames[1:, :7], mask[1:, :7]).representation
+    assert torch.allclose(skim(frames, mask).representation[1:], alone)
+    assert torch.allclose(scores[1, :7], skim.frame_scores(frames[1:, :7], mask[1:, :7])[0])
+    assert skim.flops_per_frame() == 2 * (AUDIO_DIM * 8 + 8 * 8)
+
+
+def test_a_scored_view_gets_the_best_frames_of_every_frame_read_from_the_store(synthetic_tfrecords, tmp_path):
+    from lightning_distill.data.convert import convert
+
+    store_path = tmp_path / "test.h5"
+    convert(sorted(synthetic_tfrecords.glob("test*.tfrecord")), store_path)
+    store = FrameStore(store_path)
+    videos = np.arange(len(store))
+    dataset = VideoBatchDataset(store, videos, {"student": FirstAudioFeature(4)}, max_frames=300)
+    batch = dataset[BatchRequest(positions=list(range(len(store))), seed=0)]
+    for row, video in enumerate(videos):
+        length = int(store.lengths[video])
+        audio = store.read_frames(np.array([video]), np.arange(length)[None])[0, :, RGB_DIM]
+        bounds = [i * length // 4 for i in range(5)]
+        expected = [start + int(np.argmax(audio[start:end])) for start, end in zip(bounds, bounds[1:])]
+        assert batch.views["student"].positions[row].tolist() == expected
+        chosen = store.read_frames(np.array([video]), np.array([expected]))[0]
+        assert np.array_equal(batch.views["student"].frames[row].numpy(), chosen)
+
+
+def test_the_skim_sampler_refuses_a_missing_or_foreign_checkpoint(tmp_path, synthetic_tfrecords):
+    with pytest.raises(ConfigError, match="does not exist"):
+        SkimSampler(6, str(tmp_path / "nowhere.ckpt")).scorer()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        netvlad = teacher_checkpoint("student_netvlad.yaml", synthetic_tfrecords, tmp_path)
+    sampler = SkimSampler(6, str(netvlad))
+    with pytest.raises(ConfigError, match="not an AudioSkimEncoder"):
+        sampler.scorer()
+    copy = pickle.loads(pickle.dumps(sampler))  # for loader workers: the setting, not a loaded scorer
+    assert repr(copy) == repr(sampler) and copy._scorer is None
+
+
+def test_the_command_line_trains_a_skim_and_a_student_that_reads_its_frames(synthetic_tfrecords, tmp_path,
+                                                                            monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    teacher = teacher_checkpoint("student_netvlad.yaml", synthetic_tfrecords, tmp_path)
+    data = data_args(synthetic_tfrecords, tmp_path / "stores")
+    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    run_ok(["fit", f"--config={CONFIGS / 'tiny' / 'skim_scorer.yaml'}", *data, *short,
+            f"--model.init_args.ensemble_teachers=[{teacher}]"])
+    (scorer,) = tmp_path.glob("runs/tiny/skim_scorer/latest/checkpoints/last.ckpt")
+    sampler = ("--model.init_args.sampler={class_path: lightning_distill.training.skim_sampler.SkimSampler, "
+            f"init_args: {{k: 4, scorer_checkpoint: {scorer}}}}}")
+    student = CONFIGS / "tiny" / "student_netvlad.yaml"
+    run_ok(["fit", f"--config={student}", *data, *short, f"--model.init_args.teacher_checkpoint={teacher}", sampler])
+    (checkpoint,) = tmp_path.glob("runs/tiny/student_netvlad_k4/latest/checkpoints/last.ckpt")
+    run_ok(["test", f"--config={student}", *data, f"--ckpt_path={checkpoint}", sampler])
+    (metrics,) = tmp_path.glob("runs/tiny/student_netvlad_k4/test_*/test_metrics.json")
+    logged = json.loads(metrics.read_text())
+    assert 0 < logged["test/gap"] <= 1
+    # Choosing is paid for: the skim on every frame and the audio of the frames not chosen, per test video.
+    lengths = np.minimum(FrameStore(tmp_path / "stores" / "test.h5").lengths, 40)
+    skim = AudioSkimEncoder(hidden=16)
+    assert logged["test/selection_gflops"] == pytest.approx(lengths.mean() * skim.flops_per_frame() / 1e9, rel=1e-5)
+    assert logged["test/selection_frames"] == pytest.approx((lengths - 4).mean() * AUDIO_DIM / FEATURE_DIM, rel=1e-5)
+    # A scorer that is not a skim is refused in one line, naming the file.
+    foreign = sampler.replace(str(scorer), str(teacher))
+    message = run_error(["test", f"--config={student}", *data, f"--ckpt_path={checkpoint}", foreign], capsys)
+    assert str(teacher) in message and "not an AudioSkimEncoder" in message
