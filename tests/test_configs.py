@@ -86,7 +86,8 @@ def test_every_legacy_config_is_reproduced_by_composition(legacy):
 
 def test_configs_are_small_parts():
     files = [p for p in (REPO / "configs").rglob("*.yaml")]
-    assert sum(len(p.read_text().splitlines()) for p in files) < 450
+    # A budget against repetition: raised from 450 to 500 for the skim role and the beyond-the-paper preset.
+    assert sum(len(p.read_text().splitlines()) for p in files) < 500
     for part in (REPO / "configs").glob("[rfd]*/*.yaml"):  # role/, family/, data/: one screen each
         assert len(part.read_text().splitlines()) <= 20, part
 

@@ -99,6 +99,9 @@ def test_rows_follow_table_1_order(configs):
         ({"students": [StudentVariant("parallel", ["pred", "ce"], teachers=["nextvlad-tiny"])]}, "distilled Serial"),
         ({"students": [StudentVariant("serial", ["pred"], teachers=["hrnn-tiny", "hrnn-tiny"])]}, "each family once"),
         ({"students": [StudentVariant("serial", ["pred"], teachers=["lstm"])]}, "family lstm does not exist"),
+        ({"students": [StudentVariant("serial", ["pred"], selection="oracle")]}, "selection 'oracle' of serial-pred-oracle is unknown"),
+        ({"students": [StudentVariant("parallel", ["pred"], selection="skim")]}, "use mode serial"),
+        ({"students": [StudentVariant("serial", ["pred"], selection="skim", train_ks=[6, 9])]}, "no train_ks"),
     ],
 )
 def test_invalid_grids_raise_config_error(configs, changes, message):
@@ -394,6 +397,59 @@ def test_the_report_gives_the_other_families_teachers_beside_the_skyline(configs
     skyline = next(i for i, line in enumerate(lines) if line.startswith("Teacher skyline"))
     assert lines[skyline + 2].startswith("Teacher (nextvlad), all frames: GAP 0.925 ± 0.035")
     assert "| Serial L_pred, L_CE (teachers: hrnn + nextvlad) |" in "\n".join(lines)
+
+
+def test_students_that_read_a_skims_frames_wait_for_their_seeds_scorer(tmp_path):
+    skim = StudentVariant("serial", ["rep", "pred", "ce"], selection="skim")
+    grid = Grid(family="netvlad-tiny", configs=str(REPO / "configs"), ks=[6, 10], baselines=["uniform"], seeds=[0, 1],
+                students=[StudentVariant("serial", ["rep", "pred", "ce"]), skim], trainer={"max_epochs": 3})
+    layout = ExperimentLayout(tmp_path)
+    cells = {cell.name: cell for cell in expand_grid(grid)}
+    assert skim.label == "Serial L_rep, L_pred, L_CE (skim)" and row_labels(grid)[-1] == skim.label
+    # One scorer per seed, of no family, taught by that seed's teacher as an ensemble of one; it trains for its
+    # role's epochs, not the grid's.
+    scorer = cells["skim-s1"]
+    assert scorer.role == "skim-scorer" and scorer.k is None and scorer.waits_for == ["teacher-s1"]
+    assert scorer.base_configs == (REPO / "configs" / "role" / "skim-scorer.yaml",)
+    config = cell_configs(scorer, grid, layout, dict(FILES))[-1].config
+    assert config["model"]["init_args"]["ensemble_teachers"] == [str(layout.checkpoint("teacher-s1"))]
+    assert config["model"]["init_args"]["encoder"]["class_path"] == "lightning_distill.models.skim.AudioSkimEncoder"
+    assert config["trainer"]["max_epochs"] == load_config(scorer.base_configs[0])["trainer"]["max_epochs"] != 3
+    student = cells["serial-rep_pred_ce-skim-k10-s1"]
+    assert student.waits_for == ["teacher-s1", "skim-s1"] and student.sampler is None
+    init_args = cell_configs(student, grid, layout, dict(FILES))[-1].config["model"]["init_args"]
+    assert init_args["sampler"] == {"class_path": "lightning_distill.training.skim_sampler.SkimSampler",
+                                    "init_args": {"k": 10, "scorer_checkpoint": str(layout.checkpoint("skim-s1"))}}
+    assert init_args["teacher_checkpoint"] == str(layout.checkpoint("teacher-s1"))
+    assert cells["serial-rep_pred_ce-k10-s1"].sampler == "uniform" and cells["serial-rep_pred_ce-k10-s1"].scorer is None
+
+
+def test_the_report_charges_frames_chosen_per_video_for_the_choice(configs, tmp_path):
+    (configs / "role" / "skim-scorer.yaml").write_text("{}\n")
+    grid = make_grid(configs, seeds=[0], baselines=["uniform"], ks=[6, 30],
+                     students=[StudentVariant("serial", ["pred", "ce"], selection="skim")])
+    cells = expand_grid(grid)
+    layout = ExperimentLayout(tmp_path / "run")
+    for cell in cells:
+        metrics = {"test/gap": 0.6, "test/map_all_classes": 0.3}
+        if cell.scorer:
+            metrics.update({"test/gap": 0.7, "test/selection_frames": 20.5, "test/selection_gflops": 0.003})
+        fabricate_cell(layout, cell.name, metrics)
+    costs = [
+        CostEntry("Teacher", 300, {"params": 10, "macs_per_video": 5e8, "flops_per_video": 1e9, "videos_per_s": 50.0}),
+        CostEntry("k=6", 6, {"params": 10, "macs_per_video": 1e7, "flops_per_video": 2e7, "videos_per_s": 900.0}),
+        CostEntry("k=30", 30, {"params": 10, "macs_per_video": 5e7, "flops_per_video": 1e8, "videos_per_s": 400.0}),
+    ]
+    report = write_report(layout, grid, cells, costs, command="vdistill experiment")
+    assert report["frame_scorer"]["cells"] == ["skim-s0"]
+    by_read = {s.label: s for s in method_series(report, {6: 6.0, 30: 30.0}, "selection_frames")}
+    assert by_read["Serial L_pred, L_CE (skim)"].x == [26.5, 50.5] and by_read["Uniform-k"].x == [6.0, 30.0]
+    by_flops = {s.label: s for s in method_series(report, {6: 0.02, 30: 0.1}, "selection_gflops")}
+    assert by_flops["Serial L_pred, L_CE (skim)"].x == pytest.approx([0.023, 0.103])
+    markdown = layout.report_md.read_text()
+    assert "| Serial L_pred, L_CE (skim) | 6 | 26.5 | 0.0230 | 0.700 |" in markdown
+    assert report["figures"]["GAP vs frames read (the choice of frames included)"] == "gap_vs_frames_read.png"
+    assert (layout.root / "gap_vs_frames_read.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_cells_start_only_after_the_cells_they_wait_for(tmp_path, monkeypatch):

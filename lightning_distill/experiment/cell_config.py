@@ -17,22 +17,27 @@ from typing import Any
 from lightning_distill.class_paths import class_path
 from lightning_distill.config_files import deep_merge, load_config
 from lightning_distill.data.samplers import AnyKSampler
-from lightning_distill.experiment.grid import BASELINES, LOSS_TERMS, Cell, Grid
+from lightning_distill.experiment.grid import BASELINES, LOSS_TERMS, SELECTIONS, Cell, Grid
 from lightning_distill.experiment.layout import ExperimentLayout, checkpoint_path
+from lightning_distill.training.skim_sampler import SkimSampler
 
 MODEL_CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
 EARLY_STOPPING = "lightning.pytorch.callbacks.EarlyStopping"
 CHECKPOINT_NAME = "best"
 
 
-def with_run_settings(config: dict[str, Any], run_name: str, seed: int, grid: Grid) -> dict[str, Any]:
-    """``config`` with the grid's trainer settings, the seed, and the logs every cell keeps.
+def with_run_settings(
+    config: dict[str, Any], run_name: str, seed: int, grid: Grid, trainer: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``config`` with the grid's trainer settings (or ``trainer``'s: a None value keeps the config's), the seed,
+    and the logs every cell keeps.
 
     Every run logs to a CSV file (per-epoch validation curves the report reads back) and an offline W&B run;
     ``vdistill`` puts both, the config and the checkpoints into the run directory the runner gives it
     (``--run_dir``), so parallel runs never share a file.
     """
-    trainer = deep_merge(config.get("trainer") or {}, grid.trainer)
+    settings = grid.trainer if trainer is None else {key: value for key, value in trainer.items() if value is not None}
+    trainer = deep_merge(config.get("trainer") or {}, settings)
     trainer["enable_checkpointing"] = True
     trainer["logger"] = [
         {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"name": "csv"}},
@@ -100,6 +105,9 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
     model: dict[str, Any] = {}
     if cell.sampler is not None:
         model["sampler"] = {"class_path": class_path(BASELINES[cell.sampler]), "init_args": {"k": cell.k}}
+    if cell.scorer is not None:
+        chosen_by = {"k": cell.k, "scorer_checkpoint": str(layout.checkpoint(cell.scorer))}
+        model["sampler"] = {"class_path": class_path(SkimSampler), "init_args": chosen_by}
     if cell.teacher is not None:
         model["teacher_checkpoint"] = str(layout.checkpoint(cell.teacher))
     if cell.ensemble:
@@ -121,8 +129,12 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
             any_k = {"ks": list(cell.variant.train_ks), "selection": cell.sampler}
             config["model"]["init_args"]["train_sampler"] = {"class_path": class_path(AnyKSampler), "init_args": any_k}
 
+    # A frame scorer trains for its role's epochs: the grid's max_epochs is about the models it compares.
+    trainer = grid.trainer if cell.role not in SELECTIONS.values() else {**grid.trainer, "max_epochs": None}
     final = FitRun(
-        layout.config(cell.name), layout.fit_dir(cell.name), with_run_settings(config, cell.name, cell.seed, grid)
+        layout.config(cell.name),
+        layout.fit_dir(cell.name),
+        with_run_settings(config, cell.name, cell.seed, grid, trainer),
     )
     if cell.variant is None or not cell.variant.two_stage:
         return [final]

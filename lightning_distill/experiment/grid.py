@@ -27,6 +27,10 @@ def representation_terms() -> set[str]:
 
 
 MODES = ("serial", "parallel")
+# Frames chosen per video (``StudentVariant.selection``): the name a grid uses -> the role config of the model that
+# chooses (trained once per seed against the seed's teacher).
+SELECTIONS = {"skim": "skim-scorer"}
+SCORER_METHOD = "Audio skim (frame scorer)"
 
 # The data module arguments that say where the data is; synthetic data fills them in.
 DATA_FILE_KEYS = ("train_files", "val_files", "test_files")
@@ -52,6 +56,9 @@ class StudentVariant:
             ensemble (Serial only, ``StudentModule``'s ``ensemble_teachers``); the grid trains a teacher of each
             family per seed. None: the grid family's teacher alone, the paper's Serial student. Without a tag the
             variant is tagged ``from-<families joined by +>``.
+        selection: frames chosen per video instead of Uniform-k (Serial only): ``skim``, the best frame of each of k
+            segments by an audio skim (``SkimSampler``), which the grid trains per seed against that seed's teacher
+            (cell ``skim-s<seed>``). Without a tag the variant is tagged with the selection's name.
     """
 
     mode: str
@@ -62,12 +69,15 @@ class StudentVariant:
     module: dict[str, Any] = field(default_factory=dict)
     train_ks: list[int] | None = None
     teachers: list[str] | None = None
+    selection: str | None = None
 
     def __post_init__(self) -> None:
         if self.train_ks and not self.tag:
             self.tag = "any-k"
         if self.teachers and not self.tag:
             self.tag = self._teachers_tag
+        if self.selection and not self.tag:
+            self.tag = self.selection
 
     @property
     def _teachers_tag(self) -> str:
@@ -152,6 +162,7 @@ class Cell:
         trained_by: for an any-k student at its second and later k, the cell (of its first k) that trains it: this
             cell only tests that cell's checkpoint at its own k.
         ensemble: the teacher cells, of other families, whose checkpoints join ``teacher``'s as an ensemble.
+        scorer: the cell training the frame scorer whose choice of frames this student reads (``selection``).
     """
 
     name: str
@@ -165,11 +176,12 @@ class Cell:
     teacher: str | None = None
     trained_by: str | None = None
     ensemble: tuple[str, ...] = ()
+    scorer: str | None = None
 
     @property
     def waits_for(self) -> list[str]:
         """The cells that must finish before this one starts."""
-        return [name for name in (self.teacher, self.trained_by, *self.ensemble) if name is not None]
+        return [name for name in (self.teacher, self.trained_by, *self.ensemble, self.scorer) if name is not None]
 
 
 TEACHER_METHOD = "Teacher"
@@ -239,6 +251,16 @@ def _check_variant(variant: StudentVariant) -> None:
             raise ConfigError(
                 f"train_ks {variant.train_ks} of {variant.slug}: list frame counts >= 1, e.g. [6, 10, 30]"
             )
+    if variant.selection is not None:
+        if variant.selection not in SELECTIONS:
+            raise ConfigError(
+                f"selection {variant.selection!r} of {variant.slug} is unknown: choose from {', '.join(SELECTIONS)}"
+            )
+        if variant.mode != "serial" or variant.train_ks:
+            raise ConfigError(
+                f"{variant.slug} sets selection: its frame scorer learns from a trained teacher, so use mode serial "
+                "(and no train_ks: an any-k student draws Uniform frames)"
+            )
     if variant.teachers is not None:
         if variant.mode != "serial":
             raise ConfigError(f"{variant.slug} sets teachers, but an ensemble is distilled Serial: use mode serial")
@@ -251,15 +273,29 @@ def _check_variant(variant: StudentVariant) -> None:
 def _roles(grid: Grid) -> list[str]:
     """The roles whose base configs the grid uses."""
     roles = ["teacher"] + (["baseline"] if grid.baselines else [])
+    roles += sorted({SELECTIONS[selection] for selection in selections(grid)})
     return roles + sorted({variant.mode for variant in grid.students})
+
+
+def selections(grid: Grid) -> list[str]:
+    """The frame selections (``SELECTIONS`` keys) some student variant reads by, in order."""
+    return list(dict.fromkeys(variant.selection for variant in grid.students if variant.selection))
 
 
 def base_config_paths(grid: Grid, role: str, family: str | None = None) -> tuple[Path, ...]:
     """The config parts of ``role`` cells: ``<configs>/role/<role>.yaml``, ``<configs>/family/<family>.yaml`` (the
-    grid's family unless ``family`` is given) and the grid's data part, if any."""
+    grid's family unless ``family`` is given; none for a frame scorer, which is of no family) and the grid's data
+    part, if any."""
     root = Path(grid.configs)
-    parts = [root / "role" / f"{role}.yaml", root / "family" / f"{family or grid.family}.yaml"]
+    parts = [root / "role" / f"{role}.yaml"]
+    if role not in SELECTIONS.values():
+        parts.append(root / "family" / f"{family or grid.family}.yaml")
     return tuple(parts + ([root / grid.data_config] if grid.data_config else []))
+
+
+def scorer_cell(seed: int, selection: str) -> str:
+    """The name of the cell training seed ``seed``'s frame scorer for ``selection``, e.g. ``skim-s0``."""
+    return f"{selection}-s{seed}"
 
 
 def teacher_cell(seed: int, family: str | None = None) -> str:
@@ -299,6 +335,12 @@ def expand_grid(grid: Grid) -> list[Cell]:
         for family in other_teacher_families(grid):
             paths = base_config_paths(grid, "teacher", family)
             cells.append(Cell(teacher_cell(seed, family), "teacher", teacher_method(family), None, seed, paths))
+        for selection in selections(grid):
+            role = SELECTIONS[selection]
+            paths = base_config_paths(grid, role)
+            # The scorer is a student of the teacher of no family of its own: an ensemble of one, so no head is copied.
+            cells.append(Cell(scorer_cell(seed, selection), role, SCORER_METHOD, None, seed, paths,
+                              ensemble=(teacher_cell(seed),)))
         for k in grid.ks:
             for baseline in grid.baselines:
                 label = BASELINES[baseline].label
@@ -315,11 +357,13 @@ def expand_grid(grid: Grid) -> list[Cell]:
                         k=k,
                         seed=seed,
                         base_configs=base_config_paths(grid, variant.mode),
-                        sampler="uniform",  # the paper's students all see Uniform-k frames
+                        # The paper's students all see Uniform-k frames; a selection's students, its scorer's choice.
+                        sampler=None if variant.selection else "uniform",
                         variant=variant,
                         teacher=own_teacher,
                         trained_by=trainer,
                         ensemble=ensemble,
+                        scorer=scorer_cell(seed, variant.selection) if variant.selection else None,
                     )
                 )
     return cells

@@ -17,6 +17,7 @@ from typing import Any
 import wandb
 
 from lightning_distill.experiment.grid import (
+    SCORER_METHOD,
     TEACHER_METHOD,
     Cell,
     Grid,
@@ -35,9 +36,13 @@ from lightning_distill.experiment.plots import (
     plot_training_curves,
 )
 
+FRAMES_READ_LABEL = "frames read per video (k, plus the features read to choose them, in 1152-value frames)"
+
 # The table's two numbers per (method, k), as in the paper's Table 1; mAP is the all-classes average the
 # paper's (2017/2018) evaluation code computed.
 TABLE_METRICS = ("gap", "map_all_classes")
+# What choosing frames per video cost a cell beyond its k frames (logged by modules whose sampler scores frames).
+SELECTION_COSTS = ("selection_frames", "selection_gflops")
 _MISSING = "—"
 
 
@@ -90,6 +95,9 @@ def aggregate(names: list[str], metrics: dict[str, dict[str, float]]) -> dict[st
         entry[metric] = fmean(values)
         if len(values) > 1:
             entry[f"{metric}_std"] = stdev(values)
+    for cost in SELECTION_COSTS:
+        if all(cost in m for m in per_cell):
+            entry[cost] = fmean(m[cost] for m in per_cell)
     return entry
 
 
@@ -124,6 +132,7 @@ def build_report(
             teacher_method(family): aggregate(by_method[(teacher_method(family), None)], metrics)
             for family in other_teacher_families(grid)
         },
+        "frame_scorer": aggregate(by_method.get((SCORER_METHOD, None), []), metrics),
         "rows": rows,
         "cost": [
             {"model": c.model, "frames": c.frames, **c.profile, "gflops_per_video": c.profile["flops_per_video"] / 1e9}
@@ -175,6 +184,10 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str], command: st
     ]
     for method, other in report.get("other_teachers", {}).items():
         lines += [f"{method}, all frames: GAP {_format(other, 'gap')}, mAP {_format(other, 'map_all_classes')}.", ""]
+    if report.get("frame_scorer"):
+        scorer = report["frame_scorer"]
+        lines += [f"{SCORER_METHOD}, every frame's audio, as a classifier: GAP {_format(scorer, 'gap')}.", ""]
+    lines += _selection_lines(report)
     if report["cost"]:
         lines += _cost_lines(report["cost"])
     if any(report["epochs"].values()):
@@ -226,13 +239,52 @@ def _cost_lines(cost: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
-def method_series(report: dict[str, Any], x_of_k: dict[int, float]) -> list[Series]:
+def _selection_entries(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(method, k, entry) of every finished table entry whose frames were chosen per video."""
+    return [
+        (row["method"], k, entry)
+        for row in report["rows"]
+        for k, entry in row["results"].items()
+        if entry and "selection_frames" in entry
+    ]
+
+
+def _selection_lines(report: dict[str, Any]) -> list[str]:
+    """For rows whose frames are chosen per video: what a video cost them, the choice included, beside GAP."""
+    chosen = _selection_entries(report)
+    if not chosen:
+        return []
+    gflops = {str(c["frames"]): c["gflops_per_video"] for c in report["cost"] if c["model"] != TEACHER_METHOD}
+    lines = [
+        "## Frames chosen per video: what the choice costs",
+        "",
+        "Frames read: the k chosen frames plus the features read to choose them (the audio of every other frame), "
+        "in frames of 1152 features. GFLOPs: the k-frame network (cost table) plus the choice.",
+        "",
+        "| Model | k | frames read | GFLOPs per video | GAP |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for method, k, entry in chosen:
+        network = gflops.get(k)
+        total = _MISSING if network is None else f"{network + entry['selection_gflops']:.4f}"
+        lines.append(
+            f"| {method} | {k} | {int(k) + entry['selection_frames']:.1f} | {total} | {_format(entry, 'gap')} |"
+        )
+    return lines + [""]
+
+
+def method_series(report: dict[str, Any], x_of_k: dict[int, float], cost: str | None = None) -> list[Series]:
     """Per table row, GAP (and its std over seeds, when averaged) against ``x_of_k[k]`` at the ks whose entry has
-    finished (and whose x is known)."""
+    finished (and whose x is known); ``cost`` names a selection cost (``SELECTION_COSTS``) added to x where a row
+    logs it."""
     series = []
     for row in report["rows"]:
         entries = {k: row["results"][str(k)] for k in report["ks"]}
-        points = [(x_of_k[k], entry) for k, entry in entries.items() if entry and k in x_of_k]
+        points = [
+            (x_of_k[k] + (entry.get(cost, 0.0) if cost else 0.0), entry)
+            for k, entry in entries.items()
+            if entry and k in x_of_k
+        ]
         if points:
             stds = [entry.get("gap_std") for _, entry in points]
             series.append(
@@ -280,7 +332,7 @@ def curve_panels(
                 continue
             curves = {}
             for cell in chosen:
-                mode = cell.role.capitalize()
+                mode = cell.role.capitalize() + (f" ({cell.variant.tag})" if cell.variant.tag else "")
                 sides = ("teacher", "student") if cell.role == "parallel" else ("student",)
                 for side in sides:
                     epochs, values = _side_curve(layout.curves(cell.name), side)
@@ -344,8 +396,12 @@ def _draw_figures(
     if by_k:
         plot_gap_vs_k(by_k, teacher, layout.root / "gap_vs_k.png")
         figures["GAP vs k"] = "gap_vs_k.png"
+    if _selection_entries(report):
+        read = method_series(report, {k: float(k) for k in report["ks"]}, "selection_frames")
+        plot_gap_vs_k(read, teacher, layout.root / "gap_vs_frames_read.png", x_label=FRAMES_READ_LABEL)
+        figures["GAP vs frames read (the choice of frames included)"] = "gap_vs_frames_read.png"
     gflops = {c["frames"]: c["gflops_per_video"] for c in report["cost"] if c["model"] != TEACHER_METHOD}
-    frontier = method_series(report, gflops)
+    frontier = method_series(report, gflops, "selection_gflops")
     if frontier:
         teacher_cost = next((c["gflops_per_video"] for c in report["cost"] if c["model"] == TEACHER_METHOD), None)
         teacher_point = (teacher_cost, teacher.gap) if teacher_cost is not None and teacher is not None else None

@@ -48,7 +48,7 @@ SYNTHETIC_FILES = {"train_files": "train*.tfrecord", "val_files": "validate*.tfr
 VDISTILL = [sys.executable, "-m", "lightning_distill.cli.main"]
 
 # Which cells start first when several are ready (lower first).
-START_ORDER = {"teacher": 0, "serial": 1, "parallel": 2, "baseline": 3}
+START_ORDER = {"teacher": 0, "skim-scorer": 1, "serial": 1, "parallel": 2, "baseline": 3}
 
 
 @dataclass(frozen=True)
@@ -336,7 +336,8 @@ def profile_costs(
     chosen = {"teacher": next(c for c in cells if c.role == "teacher")}
     for k in grid.ks:
         at_k = [c for c in cells if c.k == k and c.seed == grid.seeds[0]]
-        chosen[f"k{k}"] = next((c for c in at_k if c.variant is not None), at_k[0])
+        # A student reading Uniform frames: a selection's cost is logged by its own cells (test/selection_*).
+        chosen[f"k{k}"] = next((c for c in at_k if c.variant is not None and c.scorer is None), at_k[0])
     costs = []
     for key, cell in chosen.items():
         run, path = by_name[cell.name], layout.cost(grid.family, key)

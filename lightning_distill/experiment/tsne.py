@@ -36,7 +36,8 @@ _LABEL_CHUNK = 8192
 def pick_student(layout: ExperimentLayout, grid: Grid, cells: list[Cell]) -> Cell | None:
     """The finished student to draw: first seed, largest k, serial before parallel, one trained with a
     representation term if there is one (that is what the figure checks), of its own family's teacher alone
-    before one of an ensemble (students of another family's teachers alone are left out)."""
+    before one of an ensemble, Uniform frames before frames chosen per video (students of another family's teachers
+    alone are left out)."""
     done = [
         c
         for c in cells
@@ -44,7 +45,13 @@ def pick_student(layout: ExperimentLayout, grid: Grid, cells: list[Cell]) -> Cel
         and (c.role == "parallel" or c.teacher is not None)
     ]
     done.sort(
-        key=lambda c: (-c.k, c.role != "serial", not set(c.variant.losses) & representation_terms(), bool(c.ensemble))
+        key=lambda c: (
+            -c.k,
+            c.role != "serial",
+            not set(c.variant.losses) & representation_terms(),
+            bool(c.ensemble),
+            bool(c.scorer),
+        )
     )
     return done[0] if done else None
 
