@@ -99,7 +99,7 @@ def test_rows_follow_table_1_order(configs):
         ({"students": [StudentVariant("parallel", ["pred", "ce"], teachers=["nextvlad-tiny"])]}, "distilled Serial"),
         ({"students": [StudentVariant("serial", ["pred"], teachers=["hrnn-tiny", "hrnn-tiny"])]}, "each family once"),
         ({"students": [StudentVariant("serial", ["pred"], teachers=["lstm"])]}, "family lstm does not exist"),
-        ({"students": [StudentVariant("serial", ["pred"], selection="oracle")]}, "'oracle' of serial-pred-oracle is unknown"),
+        ({"students": [StudentVariant("serial", ["pred"], selection="oracle")]}, "'oracle' of serial-pred-oracle"),
         ({"students": [StudentVariant("parallel", ["pred"], selection="skim")]}, "use mode serial"),
         ({"students": [StudentVariant("serial", ["pred"], selection="skim", train_ks=[6])]}, "no train_ks"),
     ],
