@@ -1,0 +1,78 @@
+"""Which frames a skim chooses, checked against the synthetic data's ground truth: events hit, Uniform-k vs skim.
+
+Synthetic labels are evidenced by events (``<split>_events.jsonl`` beside the records, ``data/synthetic.py``). For
+each k this counts the (video, leaf label) pairs of a split with at least one event frame among the k frames read,
+for Uniform-k and for ``SkimSampler`` with a trained skim, side by side on the same videos.
+
+    python benchmarks/skim_events.py --experiment runs/skim-netvlad --scorer skim-s0 --ks 6 10 30
+
+(or ``--data DIR --store STORE.h5 --scorer_checkpoint CKPT`` outside an experiment.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lightning_distill.data.frame_store import FrameStore
+from lightning_distill.data.samplers import AllFramesSampler, KFrameSampler, ScoredSampler, UniformSampler
+from lightning_distill.data.yt8m import MAX_FRAMES
+from lightning_distill.training.skim_sampler import SkimSampler
+
+BATCH = 256
+
+
+def chosen_frames(sampler: KFrameSampler, store: FrameStore, videos: np.ndarray) -> list[list[int]]:
+    """The frames ``sampler`` reads of each of ``videos`` (a scored sampler reads every frame to choose)."""
+    lengths = torch.from_numpy(np.minimum(store.lengths[videos], MAX_FRAMES))
+    if isinstance(sampler, ScoredSampler):
+        every = store.read_frames(videos, AllFramesSampler().indices(lengths).numpy())
+        return sampler.indices_from_frames(lengths, torch.from_numpy(every)).tolist()
+    return sampler.indices(lengths).tolist()
+
+
+def events_hit(sampler: KFrameSampler, store: FrameStore, events: dict[str, list[list[int]]]) -> float:
+    """Share of (video, labelled event class) pairs with an event frame among the frames ``sampler`` reads."""
+    hit = total = 0
+    for start in range(0, len(store), BATCH):
+        videos = np.arange(start, min(len(store), start + BATCH))
+        for video, frames in zip(videos, chosen_frames(sampler, store, videos)):
+            by_label: dict[int, bool] = {}
+            for label, first, end in events[store.video_ids[video]]:
+                by_label[label] = by_label.get(label, False) or any(first <= f < end for f in frames)
+            hit += sum(by_label.values())
+            total += len(by_label)
+    return hit / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", type=Path, help="a finished vdistill experiment with a skim (selection: skim)")
+    parser.add_argument("--scorer", default="skim-s0", help="the experiment's skim cell")
+    parser.add_argument("--data", type=Path, help="synthetic data folder (default: the experiment's data/)")
+    parser.add_argument("--store", type=Path, help="the split's frame store (default: <data>/stores/test.h5)")
+    parser.add_argument("--scorer_checkpoint", type=Path, help="the skim (default: the experiment's skim cell)")
+    parser.add_argument("--split", default="test", help="the split whose events are counted")
+    parser.add_argument("--ks", type=int, nargs="+", default=[6, 10, 30])
+    args = parser.parse_args()
+    data = args.data or args.experiment / "data"
+    store = FrameStore(args.store or data / "stores" / f"{args.split}.h5")
+    checkpoint = args.scorer_checkpoint or args.experiment / "cells" / args.scorer / "fit" / "checkpoints" / "best.ckpt"
+    lines = (data / f"{args.split}_events.jsonl").read_text().splitlines()
+    events = {record["id"]: record["events"] for record in map(json.loads, lines)}
+    results = {}
+    print(f"(video, label) pairs whose events the frames read hit, {args.split} split, {len(store)} videos")
+    for k in args.ks:
+        uniform = events_hit(UniformSampler(k), store, events)
+        skim = events_hit(SkimSampler(k, str(checkpoint)), store, events)
+        results[k] = {"uniform": uniform, "skim": skim}
+        print(f"k={k:3d}  Uniform-k {uniform:.3f}  skim {skim:.3f}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
