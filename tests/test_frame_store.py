@@ -99,6 +99,8 @@ def test_read_frames_matches_numpy(store_path, videos, frames):
         for t, f in enumerate(frames[b]):
             expected = np.zeros(1152, np.uint8) if f < 0 else joint(videos[v])[f]
             assert np.array_equal(out[b, t], expected)
+    # Some features of each frame only (a skim's audio): the same values, nothing else copied.
+    assert np.array_equal(store.read_frames(chosen, frames, slice(1024, None)), out[..., 1024:])
 
 
 def test_read_frames_rejects_frames_beyond_the_video(store_path):
@@ -147,6 +149,10 @@ def test_chunked_store_from_another_tool_is_read_through_h5py(tmp_path, store_pa
     a, b = FrameStore(store_path), FrameStore(chunked)
     frames = np.array([[3, 0, -1], [0, 1, 2]])
     assert np.array_equal(a.read_frames(np.array([4, 2]), frames), b.read_frames(np.array([4, 2]), frames))
+    for columns in (slice(1024, None), slice(0, 5)):
+        expected = a.read_frames(np.array([4, 2]), frames)[..., columns]
+        assert np.array_equal(b.read_frames(np.array([4, 2]), frames, columns), expected)
+        assert b.read_frames(np.array([4, 2]), np.array([[0, 1, 2], [0, 1, -1]]), columns).shape[2] == expected.shape[2]
     assert np.array_equal(b[2].rgb, videos[2].rgb[:10])
 
 

@@ -36,8 +36,11 @@ class GivenScores(ScoredSampler):
 class FirstAudioFeature(ScoredSampler):
     """Scores each frame by its first audio feature as stored: what a test can recompute from the store."""
 
+    columns = slice(RGB_DIM, None)
+
     def scores(self, frames, mask):
-        return frames[..., RGB_DIM].float().masked_fill(~mask, float("-inf"))
+        assert frames.shape[2] == AUDIO_DIM  # only the columns it asked for were read
+        return frames[..., 0].float().masked_fill(~mask, float("-inf"))
 
     def selection_cost(self, lengths):
         return {}
@@ -80,9 +83,15 @@ def test_the_skim_reads_only_audio_and_ignores_padding():
     assert torch.allclose(skim(frames, mask).representation[1:], alone)
     assert torch.allclose(scores[1, :7], skim.frame_scores(frames[1:, :7], mask[1:, :7])[0])
     assert skim.flops_per_frame() == 2 * (AUDIO_DIM * 8 + 8 * 8)
+    # A frame scaled as a whole (the default joint L2 normalisation divides audio by the rgb's size too) scores the
+    # same, so the skim can score raw audio alone.
+    scaled = frames * torch.rand(2, 12, 1).add(0.1)
+    assert torch.allclose(skim.frame_scores(scaled, mask), scores, atol=1e-5)
+    assert torch.allclose(skim.frame_scores(frames[..., RGB_DIM:], mask), scores)
 
 
-def test_a_scored_view_gets_the_best_frames_of_every_frame_read_from_the_store(synthetic_tfrecords, tmp_path):
+def test_a_scored_view_reads_what_it_scores_of_every_frame_then_its_best_frames_whole(synthetic_tfrecords, tmp_path,
+                                                                                    monkeypatch):
     from lightning_distill.data.convert import convert
 
     store_path = tmp_path / "test.h5"
@@ -90,7 +99,19 @@ def test_a_scored_view_gets_the_best_frames_of_every_frame_read_from_the_store(s
     store = FrameStore(store_path)
     videos = np.arange(len(store))
     dataset = VideoBatchDataset(store, videos, {"student": FirstAudioFeature(4)}, max_frames=300)
+    reads = []
+    read = FrameStore.read_frames
+
+    def counting(self, videos, frames, columns=slice(None)):
+        out = read(self, videos, frames, columns)
+        reads.append((int((np.asarray(frames) >= 0).sum()), out.shape[2]))
+        return out
+
+    monkeypatch.setattr(FrameStore, "read_frames", counting)
     batch = dataset[BatchRequest(positions=list(range(len(store))), seed=0)]
+    # The audio of every frame, then the 4 chosen frames of each video whole: what selection_cost charges for.
+    assert reads == [(int(store.lengths.sum()), AUDIO_DIM), (4 * len(store), FEATURE_DIM)]
+    monkeypatch.undo()
     for row, video in enumerate(videos):
         length = int(store.lengths[video])
         audio = store.read_frames(np.array([video]), np.arange(length)[None])[0, :, RGB_DIM]

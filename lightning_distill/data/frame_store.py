@@ -139,15 +139,17 @@ class FrameStore:
         out[rows, self._label_values[positions]] = 1.0
         return out
 
-    def read_frames(self, videos: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    def read_frames(self, videos: np.ndarray, frames: np.ndarray, columns: slice = slice(None)) -> np.ndarray:
         """Gather frames of several videos in one read.
 
         Args:
             videos: (B,) int64 video indices.
             frames: (B, T) int64 frame indices within each video; -1 marks a padding slot.
+            columns: the features of each frame to read (default all 1152; ``slice(RGB_DIM, None)``: the audio).
 
         Returns:
-            (B, T, 1152) array in the store's dtype (uint8 or float32), exactly zero at padding slots.
+            (B, T, F) array in the store's dtype (uint8 or float32), F the columns' width, exactly zero at padding
+            slots.
 
         Raises:
             IndexError: a video index or a frame index beyond its video's length.
@@ -159,22 +161,23 @@ class FrameStore:
         padding = frames < 0
         if (frames >= self.lengths[videos, None]).any() or (frames < -1).any():
             raise IndexError("a frame index is beyond its video's length (or below -1, the padding marker)")
+        width = len(range(FEATURE_DIM)[columns])
         if padding.all():
-            return np.zeros((*frames.shape, FEATURE_DIM), self.dtype)
+            return np.zeros((*frames.shape, width), self.dtype)
         reader = self._frames()
         starts = self._offsets[videos] + frames[:, 0]
         counts = (~padding).sum(axis=1)
         if _consecutive_runs(frames, padding):
             # The teacher view: each video's frames are one range of rows, so copy ranges (memcpy speed);
             # zeros() gets pre-zeroed pages, so padding costs nothing.
-            out = np.zeros((*frames.shape, FEATURE_DIM), self.dtype)
+            out = np.zeros((*frames.shape, width), self.dtype)
             for row, start, count in zip(out, starts.tolist(), counts.tolist()):
                 if count:
-                    row[:count] = reader.rows(start, start + count)
+                    row[:count] = reader.rows(start, start + count, columns)
             return out
         # Scattered frames (student views): one gather; padding slots read row 0 and are zeroed after.
         rows = np.where(padding, 0, self._offsets[videos, None] + frames)
-        out = reader.gather(rows.ravel()).reshape(*frames.shape, FEATURE_DIM)
+        out = reader.gather(rows.ravel(), columns).reshape(*frames.shape, width)
         out[padding] = 0
         return out
 
@@ -261,19 +264,24 @@ class _FrameReader:
             else None
         )
 
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop): a view of the memory map (copy it to keep it), or an array read by h5py."""
-        return self._memmap[start:stop] if self._memmap is not None else self._dataset[start:stop]
-
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        """A (len(rows), 1152) copy of the given rows (any order, repeats allowed)."""
+    def rows(self, start: int, stop: int, columns: slice = slice(None)) -> np.ndarray:
+        """Rows [start, stop) (their ``columns``): a view of the memory map (copy it to keep it), or an array read by
+        h5py."""
         if self._memmap is not None:
-            return np.take(self._memmap, rows, axis=0)
+            return self._memmap[start:stop, columns]
+        return self._dataset[start:stop, columns]
+
+    def gather(self, rows: np.ndarray, columns: slice = slice(None)) -> np.ndarray:
+        """A (len(rows), F) copy of the given rows' ``columns`` (any order, repeats allowed)."""
+        if self._memmap is not None:
+            if columns == slice(None):
+                return np.take(self._memmap, rows, axis=0)
+            return self._memmap[rows, columns]
         if not len(rows):
-            return np.zeros((0, FEATURE_DIM), self._dataset.dtype)
+            return np.zeros((0, len(range(FEATURE_DIM)[columns])), self._dataset.dtype)
         # h5py needs increasing, unique indices.
         unique, inverse = np.unique(rows, return_inverse=True)
-        return self._dataset[unique][inverse]
+        return self._dataset[unique, columns][inverse]
 
 
 @dataclass

@@ -184,16 +184,21 @@ class VideoBatchDataset(Dataset[VideoBatch]):
     ) -> dict[str, np.ndarray]:
         """View name -> (B, T, D) frames, zero at padding, with one store read per batch where possible.
 
-        Views of a ``ScoredSampler`` get their ``indices`` entry here: their frames are chosen from every frame.
+        Views of a ``ScoredSampler`` get their ``indices`` entry here: chosen from the features it scores of every
+        frame, then read whole.
         """
-        scored = [name for name, sampler in self.views.items() if isinstance(sampler, ScoredSampler)]
         every_frame = next((name for name, sampler in self.views.items() if sampler.k is None), None)
-        if every_frame is None and not scored:
+        full = self.store.read_frames(videos, indices[every_frame].numpy()) if every_frame else None
+        for name, sampler in self.views.items():
+            if isinstance(sampler, ScoredSampler):
+                # Only the features scoring needs, of every frame (unless every frame is read whole already).
+                every = AllFramesSampler().indices(lengths)
+                seen = full[..., sampler.columns] if full is not None else self.store.read_frames(
+                    videos, every.numpy(), sampler.columns
+                )
+                indices[name] = sampler.indices_from_frames(lengths, torch.from_numpy(seen))
+        if full is None:
             return {name: self.store.read_frames(videos, index.numpy()) for name, index in indices.items()}
-        all_frames = indices[every_frame] if every_frame else AllFramesSampler().indices(lengths)
-        full = self.store.read_frames(videos, all_frames.numpy())
-        for name in scored:
-            indices[name] = self.views[name].indices_from_frames(lengths, torch.from_numpy(full))
         return {name: full if name == every_frame else _gather(full, index.numpy()) for name, index in indices.items()}
 
 

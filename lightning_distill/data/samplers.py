@@ -247,16 +247,23 @@ class ScoredSampler(KFrameSampler, ABC):
     i is its centre), so the k frames still spread over the whole video, as Uniform-k's do, but each is the one
     its segment's ``scores`` rank first (ties: the earliest). A video shorter than k gets Uniform-k's frames.
 
-    Scores come from the frames themselves, so the data module reads every frame of a batch first (see
-    ``data/loading.py``) and calls ``indices_from_frames``; ``indices`` alone cannot choose.
+    Scores come from the frames themselves, so the data module reads the ``columns`` of every frame of a batch first
+    (see ``data/loading.py``), calls ``indices_from_frames``, then reads the k chosen frames whole; ``indices`` alone
+    cannot choose.
 
     Args:
         k: frames kept per video.
+
+    Attributes:
+        columns: the features of every frame that scoring reads (all 1152 unless a subclass needs fewer).
     """
+
+    columns: ClassVar[slice] = slice(None)
 
     @abstractmethod
     def scores(self, frames: Tensor, mask: Tensor) -> Tensor:
-        """(B, T, D) frames as stored (uint8), (B, T) bool mask of real frames -> (B, T) float scores."""
+        """(B, T, F) the ``columns`` of every frame as stored (uint8), (B, T) bool mask of real frames -> (B, T)
+        float scores."""
 
     @abstractmethod
     def selection_cost(self, lengths: Tensor) -> dict[str, Tensor]:
@@ -270,7 +277,8 @@ class ScoredSampler(KFrameSampler, ABC):
         )
 
     def indices_from_frames(self, lengths: Tensor, frames: Tensor) -> Tensor:
-        """(B,) lengths, (B, T) frames of every video (T >= max length; as stored) -> (B, k) sorted indices."""
+        """(B,) lengths, (B, T, F) the ``columns`` of every frame (T >= max length; as stored) -> (B, k) sorted
+        indices."""
         steps = torch.arange(frames.shape[1], device=lengths.device)
         return self.choose(lengths, self.scores(frames, steps < lengths[:, None]))
 

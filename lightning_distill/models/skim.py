@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_distill.data.yt8m import AUDIO_DIM, FEATURE_DIM
@@ -40,8 +41,11 @@ class AudioSkimEncoder(VideoEncoder):
         self.layers = nn.Sequential(nn.Linear(audio_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
 
     def frame_features(self, frames: Tensor) -> Tensor:
-        """(B, T, D) frames -> (B, T, hidden) features of each frame's audio."""
-        return self.layers(frames[..., -self.audio_dim :])
+        """(B, T, D) frames (or their last ``audio_dim`` features alone) -> (B, T, hidden) features of each frame's
+        audio, scaled to unit length first: the data normalisations scale a frame's audio as a whole (the default
+        joint L2 norm by the rgb's size too), so the features, and the scores, depend on the audio alone, which is all
+        that ``SkimSampler`` reads."""
+        return self.layers(F.normalize(frames[..., -self.audio_dim :].float(), dim=-1))
 
     def forward(self, frames: Tensor, mask: Tensor) -> EncoderOutput:
         features = self.frame_features(frames).masked_fill(~mask[..., None], float("-inf"))

@@ -9,9 +9,9 @@ takes it as its ``sampler`` (and, to train on such frames, its ``train_sampler``
       class_path: lightning_distill.training.skim_sampler.SkimSampler
       init_args: {k: 6, scorer_checkpoint: runs/skim_scorer/latest/checkpoints/best.ckpt}
 
-What it costs: the audio of every frame (128 of a frame's 1152 features) and the scorer's small per-frame network,
-besides the student's k full frames. The store keeps a frame's rgb and audio side by side, so on disk reading every
-frame's audio touches every frame's page: the saving is in the network's FLOPs, not in bytes read from disk.
+What it reads: the audio of every frame (128 of a frame's 1152 features), then the k chosen frames whole. What it
+costs besides: the skim's small per-frame network. The store keeps a frame's rgb and audio side by side, so the
+process copies only those features, but the operating system still pages whole frames in from disk.
 """
 
 from __future__ import annotations
@@ -24,24 +24,19 @@ import torch
 from torch import Tensor
 
 from lightning_distill.class_paths import class_path
-from lightning_distill.data.batch import FrameView
-from lightning_distill.data.normalization import (
-    FeatureNormalizer,
-    NoNormalization,
-    view_inputs,
-)
+from lightning_distill.data.normalization import FrameL2Normalization, NoNormalization, ReverseWhitening
 from lightning_distill.data.samplers import ScoredSampler
-from lightning_distill.data.yt8m import AUDIO_DIM, FEATURE_DIM
+from lightning_distill.data.yt8m import AUDIO_DIM, DEQUANT_BIAS, DEQUANT_SCALE, FEATURE_DIM, RGB_DIM
 from lightning_distill.errors import ConfigError
 from lightning_distill.models.modes import eval_mode
 from lightning_distill.models.skim import AudioSkimEncoder
-from lightning_distill.training.checkpoints import (
-    checkpoint_class_path,
-    load_module,
-    read_checkpoint,
-)
+from lightning_distill.training.checkpoints import checkpoint_class_path, load_module, read_checkpoint
 from lightning_distill.training.student import StudentModule
 from lightning_distill.training.teacher_targets import recorded_normalization
+
+# The data normalisations that scale a frame's audio as a whole (or leave it alone): the skim, which scales each
+# frame's audio to unit length, sees the same from raw audio as it saw in training after them.
+AUDIO_SHAPE_KEEPING = (NoNormalization, FrameL2Normalization, ReverseWhitening)
 
 
 class SkimSampler(ScoredSampler):
@@ -55,21 +50,23 @@ class SkimSampler(ScoredSampler):
         scorer_checkpoint: a ``StudentModule`` checkpoint whose encoder is an ``AudioSkimEncoder``.
     """
 
+    columns = slice(RGB_DIM, FEATURE_DIM)
+
     def __init__(self, k: int, scorer_checkpoint: str) -> None:
         super().__init__(k)
         self.scorer_checkpoint = scorer_checkpoint
-        self._scorer: tuple[AudioSkimEncoder, FeatureNormalizer] | None = None
+        self._scorer: AudioSkimEncoder | None = None
         self._lock = threading.Lock()
 
     def scores(self, frames: Tensor, mask: Tensor) -> Tensor:
-        encoder, normalization = self.scorer()
-        positions = torch.zeros_like(mask, dtype=torch.long)  # unused by the skim
-        view = view_inputs(FrameView(frames=frames, mask=mask, positions=positions), normalization)
+        """(B, T, 128) uint8 audio of every frame, (B, T) mask -> (B, T) the skim's scores (-inf at padding)."""
+        audio = frames.float() * DEQUANT_SCALE + DEQUANT_BIAS
+        encoder = self.scorer()
         with torch.no_grad(), eval_mode(encoder):
-            return encoder.frame_scores(view.frames, mask)
+            return encoder.frame_scores(audio, mask)
 
-    def scorer(self) -> tuple[AudioSkimEncoder, FeatureNormalizer]:
-        """The trained skim encoder and the input normalisation it was trained on (loaded once).
+    def scorer(self) -> AudioSkimEncoder:
+        """The trained skim (loaded once).
 
         Raises:
             ConfigError: the checkpoint is missing, unreadable or not an audio skim's.
@@ -84,7 +81,7 @@ class SkimSampler(ScoredSampler):
         chosen ones' is read with them), in frames of FEATURE_DIM features."""
         lengths = lengths.double()
         return {
-            "selection_gflops": lengths * self.scorer()[0].flops_per_frame() / 1e9,
+            "selection_gflops": lengths * self.scorer().flops_per_frame() / 1e9,
             "selection_frames": (lengths - self.k).clamp(min=0) * AUDIO_DIM / FEATURE_DIM,
         }
 
@@ -99,7 +96,7 @@ class SkimSampler(ScoredSampler):
         return f"SkimSampler(k={self.k}, scorer_checkpoint={self.scorer_checkpoint!r})"
 
 
-def _load_scorer(path: str) -> tuple[AudioSkimEncoder, FeatureNormalizer]:
+def _load_scorer(path: str) -> AudioSkimEncoder:
     if not Path(path).is_file():
         raise ConfigError(f"skim scorer checkpoint {path} does not exist: train one (configs/role/skim-scorer.yaml)")
     stored = checkpoint_class_path(read_checkpoint(path, weights=False))
@@ -110,7 +107,14 @@ def _load_scorer(path: str) -> tuple[AudioSkimEncoder, FeatureNormalizer]:
             f"checkpoint {path} holds a {holds}, not an AudioSkimEncoder: give SkimSampler a scorer trained with "
             "configs/role/skim-scorer.yaml"
         )
-    return module.encoder, recorded_normalization(path) or NoNormalization()
+    normalization = recorded_normalization(path)
+    if normalization is not None and not isinstance(normalization, AUDIO_SHAPE_KEEPING):
+        raise ConfigError(
+            f"skim {path} was trained on {normalization!r} inputs, which may change audio features one by one, so "
+            "its scores of raw audio would not be those it learned: train it with a normalisation of "
+            + ", ".join(cls.__name__ for cls in AUDIO_SHAPE_KEEPING)
+        )
+    return module.encoder
 
 
 __all__ = ["SkimSampler"]
