@@ -12,7 +12,7 @@ import torch
 from cli_support import CONFIGS, data_args, run_error, run_ok, teacher_checkpoint
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.loading import BatchRequest, VideoBatchDataset
-from lightning_distill.data.samplers import ScoredSampler, UniformSampler
+from lightning_distill.data.samplers import AllFramesSampler, ScoredSampler, UniformSampler
 from lightning_distill.data.yt8m import AUDIO_DIM, FEATURE_DIM, RGB_DIM
 from lightning_distill.errors import ConfigError
 from lightning_distill.models.skim import AudioSkimEncoder
@@ -111,6 +111,13 @@ def test_a_scored_view_reads_what_it_scores_of_every_frame_then_its_best_frames_
     batch = dataset[BatchRequest(positions=list(range(len(store))), seed=0)]
     # The audio of every frame, then the 4 chosen frames of each video whole: what selection_cost charges for.
     assert reads == [(int(store.lengths.sum()), AUDIO_DIM), (4 * len(store), FEATURE_DIM)]
+    # Beside a view of every frame (a live teacher's), that one read serves both.
+    both = VideoBatchDataset(store, videos, {"teacher": AllFramesSampler(), "student": FirstAudioFeature(4)}, 300)
+    reads.clear()
+    with_teacher = both[BatchRequest(positions=list(range(len(store))), seed=0)]
+    assert reads == [(int(store.lengths.sum()), FEATURE_DIM)]
+    assert torch.equal(with_teacher.views["student"].positions, batch.views["student"].positions)
+    assert torch.equal(with_teacher.views["student"].frames, batch.views["student"].frames)
     monkeypatch.undo()
     for row, video in enumerate(videos):
         length = int(store.lengths[video])
