@@ -190,13 +190,13 @@ class VideoBatchDataset(Dataset[VideoBatch]):
         every_frame = next((name for name, sampler in self.views.items() if sampler.k is None), None)
         full = self.store.read_frames(videos, indices[every_frame].numpy()) if every_frame else None
         for name, sampler in self.views.items():
-            if isinstance(sampler, ScoredSampler):
-                # Only the features scoring needs, of every frame (unless every frame is read whole already).
-                every = AllFramesSampler().indices(lengths)
-                seen = full[..., sampler.columns] if full is not None else self.store.read_frames(
-                    videos, every.numpy(), sampler.columns
-                )
-                indices[name] = sampler.indices_from_frames(lengths, torch.from_numpy(seen))
+            if not isinstance(sampler, ScoredSampler):
+                continue
+            if full is not None:
+                seen = full[..., sampler.columns]
+            else:  # only the features scoring needs, of every frame
+                seen = self.store.read_frames(videos, AllFramesSampler().indices(lengths).numpy(), sampler.columns)
+            indices[name] = sampler.indices_from_frames(lengths, torch.from_numpy(seen))
         if full is None:
             return {name: self.store.read_frames(videos, index.numpy()) for name, index in indices.items()}
         return {name: full if name == every_frame else _gather(full, index.numpy()) for name, index in indices.items()}

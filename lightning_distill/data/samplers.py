@@ -283,7 +283,7 @@ class ScoredSampler(KFrameSampler, ABC):
         return self.choose(lengths, self.scores(frames, steps < lengths[:, None]))
 
     def choose(self, lengths: Tensor, scores: Tensor) -> Tensor:
-        """(B,) lengths, (B, T) scores -> (B, k): the first-ranked frame of each of k segments (module rules)."""
+        """(B,) lengths, (B, T) scores -> (B, k): the first-ranked frame of each of k segments (see the class docstring)."""
         slots = torch.arange(self.k + 1, device=lengths.device)
         bounds = slots * lengths[:, None] // self.k  # (B, k + 1): segment i is [bounds[i], bounds[i + 1])
         starts, ends = bounds[:, :-1], bounds[:, 1:]
