@@ -349,6 +349,9 @@ def test_an_any_k_student_is_trained_once_per_seed_and_tested_at_every_k(tmp_pat
         assert init_args["teacher_targets"] == "live"  # the variant's module settings
     first = CellRun(trainer, cell_configs(trainer, grid, layout, dict(FILES)), "f")
     assert [command[0] for command in cell_commands(first, layout)] == ["fit", "test"]
+    # Its one checkpoint serves every k: the last weights, not the best at the grid's first k.
+    (checkpoint,) = [c for c in first.fits[-1].config["trainer"]["callbacks"] if "ModelCheckpoint" in c["class_path"]]
+    assert checkpoint["init_args"]["monitor"] is None and checkpoint["init_args"]["filename"] == "best"
 
 
 def test_a_student_of_several_teachers_distils_from_its_seeds_teacher_of_each_family(tmp_path):

@@ -131,11 +131,14 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
 
     # A frame scorer trains for its role's epochs: the grid's max_epochs is about the models it compares.
     trainer = grid.trainer if cell.role not in SELECTIONS.values() else {**grid.trainer, "max_epochs": None}
-    final = FitRun(
-        layout.config(cell.name),
-        layout.fit_dir(cell.name),
-        with_run_settings(config, cell.name, cell.seed, grid, trainer),
-    )
+    settings = with_run_settings(config, cell.name, cell.seed, grid, trainer)
+    if cell.variant is not None and cell.variant.train_ks:
+        # One checkpoint serves every k: the best by validation at the cell's one k (the grid's first) would
+        # favour that k (measured: tiny NetVLAD's any-k students kept epoch 2 of 4, best at k = 6, and lost 0.02
+        # GAP at k = 30), so an any-k student keeps its last weights.
+        checkpoint = settings["trainer"]["callbacks"][-1]
+        checkpoint["init_args"] = {**checkpoint.get("init_args", {}), "monitor": None}
+    final = FitRun(layout.config(cell.name), layout.fit_dir(cell.name), settings)
     if cell.variant is None or not cell.variant.two_stage:
         return [final]
     # The paper's L_rep-only recipe: the student first matches the teacher's representation (its head, a copy

@@ -144,12 +144,14 @@ def build_report(
 
 
 def _epochs(layout: ExperimentLayout, cell: Cell) -> dict[str, int] | None:
-    """The epoch whose checkpoint was tested (best validation GAP; the student's in a Parallel cell) and the
-    epochs trained, from the cell's CSV log."""
+    """The epoch whose checkpoint was tested (best validation GAP, the student's in a Parallel cell; the last for an
+    any-k student, see ``cell_configs``) and the epochs trained, from the cell's CSV log."""
     epochs, values = _side_curve(layout.curves(cell.name), "student")
     if not epochs:
         return None
-    return {"best": epochs[max(range(len(values)), key=values.__getitem__)], "trained": max(epochs)}
+    last = cell.variant is not None and bool(cell.variant.train_ks)
+    best = max(epochs) if last else epochs[max(range(len(values)), key=values.__getitem__)]
+    return {"best": best, "trained": max(epochs)}
 
 
 def render_markdown(report: dict[str, Any], figures: dict[str, str], command: str) -> str:
