@@ -24,10 +24,10 @@ from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.convert import convert, resolve_inputs
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.loading import ThreadedDataLoader, VideoBatchDataset, VideoBatchSampler
-from lightning_distill.data.normalization import FeatureNormalizer, FrameL2Normalization, view_inputs
+from lightning_distill.data.normalization import FeatureNormalizer, FrameL2Normalization
 from lightning_distill.data.samplers import FrameSampler
 from lightning_distill.data.target_cache import TargetCache, build_target_cache, cache_key
-from lightning_distill.data.yt8m import MAX_FRAMES
+from lightning_distill.data.yt8m import DEQUANT_BIAS, DEQUANT_SCALE, MAX_FRAMES
 from lightning_distill.data.tfrecord_reader import detect_format
 from lightning_distill.errors import ConfigError, DataError
 
@@ -245,7 +245,7 @@ class YT8MDataModule(L.LightningDataModule):
             raise ConfigError(f"no {split} store is open to read from: set data.{split}_files")
         raw = self._stores[split].read_frames(videos.cpu().numpy(), positions.cpu().numpy())
         view = FrameView(frames=torch.from_numpy(raw).to(positions.device), mask=positions >= 0, positions=positions)
-        return view_inputs(view, self.normalization)
+        return _view_inputs(view, self.normalization)
 
     def use_teacher_targets(self, caches: list[TargetCache]) -> None:
         """Attach these caches' rows to every training batch from now on (``VideoBatch.targets``, in this order)."""
@@ -355,8 +355,17 @@ def find_num_classes(sources: dict[str, str | None], store_dir: str | Path, *, v
 def _model_inputs(batch: VideoBatch, normalization: FeatureNormalizer) -> VideoBatch:
     """``batch`` with every view's uint8 frames dequantised (exact zeros at padding) and normalised, in place."""
     for view in batch.views.values():
-        view_inputs(view, normalization)
+        _view_inputs(view, normalization)
     return batch
+
+
+def _view_inputs(view: FrameView, normalization: FeatureNormalizer) -> FrameView:
+    """``view`` with its uint8 frames dequantised (exact zeros at padding) and normalised, in place."""
+    frames = view.frames
+    if frames.dtype == torch.uint8:
+        frames = (frames.float() * DEQUANT_SCALE + DEQUANT_BIAS).masked_fill_(~view.mask[..., None], 0.0)
+    view.frames = normalization(frames, view.mask)
+    return view
 
 
 def _is_store(source: str) -> bool:

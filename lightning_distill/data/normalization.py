@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_distill.class_paths import class_path
-from lightning_distill.data.batch import FrameView
-from lightning_distill.data.yt8m import DEQUANT_BIAS, DEQUANT_SCALE, RGB_DIM
+from lightning_distill.data.yt8m import RGB_DIM
 from lightning_distill.errors import ConfigError, DataError
 
 # The dequantised value of the quantisation grid's centre: NeXtVLAD shifts rgb by it before rescaling.
@@ -98,15 +97,6 @@ class ReverseWhitening(FeatureNormalizer):
         return f"ReverseWhitening(eigenvalues={self.eigenvalues!r}, epsilon={self.epsilon})"
 
 
-def view_inputs(view: FrameView, normalization: FeatureNormalizer) -> FrameView:
-    """``view`` with its uint8 frames dequantised (exact zeros at padding) and normalised, in place."""
-    frames = view.frames
-    if frames.dtype == torch.uint8:
-        frames = (frames.float() * DEQUANT_SCALE + DEQUANT_BIAS).masked_fill_(~view.mask[..., None], 0.0)
-    view.frames = normalization(frames, view.mask)
-    return view
-
-
 def normalization_config(normalizer: FeatureNormalizer) -> dict[str, object]:
     """``{"class_path": ..., "init_args": {...}}`` of ``normalizer``: plain data, kept in a model's checkpoint so
     the inputs it was trained on can be rebuilt (a cross-family teacher's targets, see ``StudentModule``)."""
@@ -170,5 +160,4 @@ __all__ = [
     "ReverseWhitening",
     "normalization_config",
     "normalizer_from_config",
-    "view_inputs",
 ]

@@ -29,15 +29,14 @@ CHECKPOINT_NAME = "best"
 def with_run_settings(
     config: dict[str, Any], run_name: str, seed: int, grid: Grid, trainer: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """``config`` with the grid's trainer settings (or ``trainer``'s: a None value keeps the config's), the seed,
-    and the logs every cell keeps.
+    """``config`` with the grid's trainer settings (or ``trainer``, settings given instead), the seed, and the logs
+    every cell keeps.
 
     Every run logs to a CSV file (per-epoch validation curves the report reads back) and an offline W&B run;
     ``vdistill`` puts both, the config and the checkpoints into the run directory the runner gives it
     (``--run_dir``), so parallel runs never share a file.
     """
-    settings = grid.trainer if trainer is None else {key: value for key, value in trainer.items() if value is not None}
-    trainer = deep_merge(config.get("trainer") or {}, settings)
+    trainer = deep_merge(config.get("trainer") or {}, grid.trainer if trainer is None else trainer)
     trainer["enable_checkpointing"] = True
     trainer["logger"] = [
         {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"name": "csv"}},
@@ -130,7 +129,9 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
             config["model"]["init_args"]["train_sampler"] = {"class_path": class_path(AnyKSampler), "init_args": any_k}
 
     # A frame scorer trains for its role's epochs: the grid's max_epochs is about the models it compares.
-    trainer = grid.trainer if cell.role not in SELECTIONS.values() else {**grid.trainer, "max_epochs": None}
+    trainer = grid.trainer
+    if cell.role in SELECTIONS.values():
+        trainer = {key: value for key, value in grid.trainer.items() if key != "max_epochs"}
     settings = with_run_settings(config, cell.name, cell.seed, grid, trainer)
     if cell.variant is not None and cell.variant.train_ks:
         # One checkpoint serves every k: the best by validation at the cell's one k (the grid's first) would

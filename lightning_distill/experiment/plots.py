@@ -64,17 +64,21 @@ class CurvePanel:
 
 
 def plot_gap_vs_k(
-    series: Sequence[Series], teacher: Ceiling | None, path: Path, x_label: str = "frames seen by the model (k)"
+    series: Sequence[Series],
+    teacher: Ceiling | None,
+    path: Path,
+    x_label: str = "frames seen by the model (k)",
+    title: str = "GAP vs k",
 ) -> Path:
-    """Test GAP against the student's frame count k (or ``x_label``'s quantity), one line per method, the teacher as
-    a ceiling."""
+    """Test GAP against the student's frame count k (or the quantity ``x_label`` names), one line per method, the
+    teacher as a ceiling."""
     fig, ax = _methods_figure(series)
     if teacher is not None:
         ax.axhline(teacher.gap, color="black", linestyle=":", label="Teacher (all frames)")
         if teacher.std is not None:
             ax.axhspan(teacher.gap - teacher.std, teacher.gap + teacher.std, color="black", alpha=0.08, lw=0)
     ax.set_xlabel(x_label)
-    ax.set_title("GAP vs " + ("k" if x_label.endswith("(k)") else "frames read"))
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.savefig(path, dpi=120)

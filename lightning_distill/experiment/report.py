@@ -241,6 +241,11 @@ def _cost_lines(cost: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def _network_gflops(report: dict[str, Any]) -> dict[int, float]:
+    """k -> GFLOPs per video of the k-frame network, from the cost table."""
+    return {c["frames"]: c["gflops_per_video"] for c in report["cost"] if c["model"] != TEACHER_METHOD}
+
+
 def _selection_entries(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(method, k, entry) of every finished table entry whose frames were chosen per video."""
     return [
@@ -256,7 +261,7 @@ def _selection_lines(report: dict[str, Any]) -> list[str]:
     chosen = _selection_entries(report)
     if not chosen:
         return []
-    gflops = {str(c["frames"]): c["gflops_per_video"] for c in report["cost"] if c["model"] != TEACHER_METHOD}
+    gflops = _network_gflops(report)
     lines = [
         "## Frames chosen per video: what the choice costs",
         "",
@@ -267,7 +272,7 @@ def _selection_lines(report: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for method, k, entry in chosen:
-        network = gflops.get(k)
+        network = gflops.get(int(k))
         total = _MISSING if network is None else f"{network + entry['selection_gflops']:.4f}"
         lines.append(
             f"| {method} | {k} | {int(k) + entry['selection_frames']:.1f} | {total} | {_format(entry, 'gap')} |"
@@ -400,10 +405,9 @@ def _draw_figures(
         figures["GAP vs k"] = "gap_vs_k.png"
     if _selection_entries(report):
         read = method_series(report, {k: float(k) for k in report["ks"]}, "selection_frames")
-        plot_gap_vs_k(read, teacher, layout.root / "gap_vs_frames_read.png", x_label=FRAMES_READ_LABEL)
+        plot_gap_vs_k(read, teacher, layout.root / "gap_vs_frames_read.png", FRAMES_READ_LABEL, "GAP vs frames read")
         figures["GAP vs frames read (the choice of frames included)"] = "gap_vs_frames_read.png"
-    gflops = {c["frames"]: c["gflops_per_video"] for c in report["cost"] if c["model"] != TEACHER_METHOD}
-    frontier = method_series(report, gflops, "selection_gflops")
+    frontier = method_series(report, _network_gflops(report), "selection_gflops")
     if frontier:
         teacher_cost = next((c["gflops_per_video"] for c in report["cost"] if c["model"] == TEACHER_METHOD), None)
         teacher_point = (teacher_cost, teacher.gap) if teacher_cost is not None and teacher is not None else None

@@ -32,7 +32,7 @@ from lightning_distill.data.synthetic import generate
 from lightning_distill.errors import ConfigError, VDistillError
 from lightning_distill.config_files import dump_yaml
 from lightning_distill.experiment.cell_config import FitRun, cell_configs
-from lightning_distill.experiment.grid import TEACHER_METHOD, Cell, Grid, expand_grid
+from lightning_distill.experiment.grid import SELECTIONS, TEACHER_METHOD, Cell, Grid, expand_grid
 from lightning_distill.atomic_files import write_json_atomic
 from lightning_distill.experiment.layout import ExperimentLayout, read_json
 from lightning_distill.experiment.report import CostEntry, log_to_wandb, table_section, write_report
@@ -48,7 +48,7 @@ SYNTHETIC_FILES = {"train_files": "train*.tfrecord", "val_files": "validate*.tfr
 VDISTILL = [sys.executable, "-m", "lightning_distill.cli.main"]
 
 # Which cells start first when several are ready (lower first).
-START_ORDER = {"teacher": 0, "skim-scorer": 1, "serial": 1, "parallel": 2, "baseline": 3}
+START_ORDER = {"teacher": 0, **{role: 1 for role in SELECTIONS.values()}, "serial": 1, "parallel": 2, "baseline": 3}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from torch import Tensor
 from lightning_distill.class_paths import class_path
 from lightning_distill.data.normalization import FrameL2Normalization, NoNormalization, ReverseWhitening
 from lightning_distill.data.samplers import ScoredSampler
-from lightning_distill.data.yt8m import AUDIO_DIM, DEQUANT_BIAS, DEQUANT_SCALE, FEATURE_DIM, RGB_DIM
+from lightning_distill.data.yt8m import AUDIO_DIM, FEATURE_DIM, RGB_DIM, dequantize
 from lightning_distill.errors import ConfigError
 from lightning_distill.models.modes import eval_mode
 from lightning_distill.models.skim import AudioSkimEncoder
@@ -60,7 +60,7 @@ class SkimSampler(ScoredSampler):
 
     def scores(self, frames: Tensor, mask: Tensor) -> Tensor:
         """(B, T, 128) uint8 audio of every frame, (B, T) mask -> (B, T) the skim's scores (-inf at padding)."""
-        audio = frames.float() * DEQUANT_SCALE + DEQUANT_BIAS
+        audio = torch.from_numpy(dequantize(frames.numpy()))  # on the CPU: the loader's threads call this
         encoder = self.scorer()
         with torch.no_grad(), eval_mode(encoder):
             return encoder.frame_scores(audio, mask)
