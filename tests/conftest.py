@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from pathlib import Path
 
 import lightning.pytorch  # noqa: F401 - see below
 import pytest
+import torch
 
 from lightning_distill.data.synthetic import generate
 
@@ -15,6 +17,13 @@ from lightning_distill.data.synthetic import generate
 # this import the first CLI test to run would bind it to that test's captured stream, closed once the test ends.
 
 SYNTHETIC_CLASSES = 8
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # `-n N` runs N test processes side by side; torch's default of one thread per core in each of them would put
+    # N times as many busy threads as cores on the machine (spinning OpenMP threads slow every test down).
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ["OMP_NUM_THREADS"] = _threads  # for the `vdistill` processes tests start
+    torch.set_num_threads(int(_threads))
 
 
 @pytest.fixture(scope="session")
