@@ -21,9 +21,9 @@ SYNTHETIC_CLASSES = 8
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     # `-n N` runs N test processes side by side; torch's default of one thread per core in each of them would put
     # N times as many busy threads as cores on the machine (spinning OpenMP threads slow every test down).
-    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-    os.environ["OMP_NUM_THREADS"] = _threads  # for the `vdistill` processes tests start
-    torch.set_num_threads(int(_threads))
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)  # for the `vdistill` processes tests start
+    torch.set_num_threads(_threads)
 
 
 @pytest.fixture(scope="session")
