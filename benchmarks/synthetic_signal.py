@@ -27,8 +27,9 @@ import torch
 from tfrecord import example_pb2
 from torch import Tensor, nn
 
+from lightning_distill.data.normalization import dequantize_frames
 from lightning_distill.data.synthetic import generate
-from lightning_distill.data.yt8m import DEQUANT_BIAS, DEQUANT_SCALE, FEATURE_DIM, MAX_FRAMES
+from lightning_distill.data.yt8m import FEATURE_DIM, MAX_FRAMES
 
 SELECTIONS = ("uniform", "random", "first", "middle", "last")
 
@@ -101,7 +102,7 @@ def select(lengths: Tensor, k: int | None, how: str, generator: torch.Generator)
 def gather(split: Split, rows: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     """Dequantised (B, T', 1152) frames at ``index`` (B, T') and their validity mask."""
     mask = index >= 0
-    frames = split.frames[rows[:, None], index.clamp(min=0)].float() * DEQUANT_SCALE + DEQUANT_BIAS
+    frames = dequantize_frames(split.frames[rows[:, None], index.clamp(min=0)])
     return frames * mask[..., None], mask
 
 

@@ -12,7 +12,9 @@ from lightning_distill.data.normalization import (
     FrameL2Normalization,
     NoNormalization,
     ReverseWhitening,
+    dequantize_frames,
 )
+from lightning_distill.data.yt8m import dequantize
 from lightning_distill.errors import DataError
 
 D = 1152
@@ -26,6 +28,15 @@ def _frames() -> tuple[torch.Tensor, torch.Tensor]:
     frames[1, 0, :4] = torch.tensor([-1.0, 2.0, -2.0, 0.0])
     mask = torch.tensor([[True, True, False], [True, False, False]])
     return frames, mask
+
+
+def test_dequantisation_is_the_starter_codes_in_numpy_and_torch():
+    # The starter code maps byte q to q * (2 - (-2)) / 255 + bias, bias = (2 - (-2)) / 2**8 / 2 + (-2) = -1.9921875.
+    quantized = np.array([[0, 1, 128, 255]], dtype=np.uint8)
+    expected = [-1.9921875, -1.9921875 + 4 / 255, -1.9921875 + 512 / 255, 2.0078125]
+    assert dequantize(quantized)[0].tolist() == pytest.approx(expected, abs=1e-6)
+    assert dequantize_frames(torch.from_numpy(quantized))[0].tolist() == pytest.approx(expected, abs=1e-6)
+    assert dequantize_frames(torch.from_numpy(quantized)).dtype == torch.float32
 
 
 def test_l2_normalises_the_joint_rgb_audio_vector():

@@ -24,10 +24,10 @@ from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.convert import convert, resolve_inputs
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.loading import ThreadedDataLoader, VideoBatchDataset, VideoBatchSampler
-from lightning_distill.data.normalization import FeatureNormalizer, FrameL2Normalization
+from lightning_distill.data.normalization import FeatureNormalizer, FrameL2Normalization, dequantize_frames
 from lightning_distill.data.samplers import FrameSampler
 from lightning_distill.data.target_cache import TargetCache, build_target_cache, cache_key
-from lightning_distill.data.yt8m import DEQUANT_BIAS, DEQUANT_SCALE, MAX_FRAMES
+from lightning_distill.data.yt8m import MAX_FRAMES
 from lightning_distill.data.tfrecord_reader import detect_format
 from lightning_distill.errors import ConfigError, DataError
 
@@ -363,7 +363,7 @@ def _view_inputs(view: FrameView, normalization: FeatureNormalizer) -> FrameView
     """``view`` with its uint8 frames dequantised (exact zeros at padding) and normalised, in place."""
     frames = view.frames
     if frames.dtype == torch.uint8:
-        frames = (frames.float() * DEQUANT_SCALE + DEQUANT_BIAS).masked_fill_(~view.mask[..., None], 0.0)
+        frames = dequantize_frames(frames).masked_fill_(~view.mask[..., None], 0.0)
     view.frames = normalization(frames, view.mask)
     return view
 

@@ -22,11 +22,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_distill.class_paths import class_path
-from lightning_distill.data.yt8m import RGB_DIM
+from lightning_distill.data.yt8m import DEQUANT_BIAS, DEQUANT_SCALE, RGB_DIM
 from lightning_distill.errors import ConfigError, DataError
 
 # The dequantised value of the quantisation grid's centre: NeXtVLAD shifts rgb by it before rescaling.
 _RGB_SHIFT = 4.0 / 512.0
+
+
+def dequantize_frames(frames: Tensor) -> Tensor:
+    """uint8 YouTube-8M features -> float32, as the starter code dequantises them (``yt8m.dequantize`` in torch).
+
+    It lives here, not in ``yt8m``, because the data commands import ``yt8m`` without torch.
+    """
+    return frames.float() * DEQUANT_SCALE + DEQUANT_BIAS
 
 
 class FeatureNormalizer(ABC):

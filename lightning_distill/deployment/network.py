@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_distill.data.normalization import FeatureNormalizer
-from lightning_distill.data.yt8m import DEQUANT_BIAS, DEQUANT_SCALE
+from lightning_distill.data.normalization import FeatureNormalizer, dequantize_frames
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.heads import ClassifierHead
 
@@ -33,6 +32,6 @@ class RawFramesClassifier(nn.Module):
         self.normalization = normalization
 
     def forward(self, rgb: Tensor, audio: Tensor) -> Tensor:
-        frames = torch.cat([rgb, audio], dim=-1).float() * DEQUANT_SCALE + DEQUANT_BIAS
+        frames = dequantize_frames(torch.cat([rgb, audio], dim=-1))
         mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
         return self.head(self.encoder.forward_all_frames(self.normalization(frames, mask)))
