@@ -4,10 +4,12 @@ run end to end through the CLI."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from lightning_distill.cli.experiment_command import experiment
@@ -216,6 +218,28 @@ def test_presets_parse_as_the_command_parses_them(preset, monkeypatch):
     assert cells[0].role == "teacher" and all(p.is_file() for cell in cells for p in cell.base_configs)
     if preset.startswith("paper-"):
         assert grid.ks == [6, 10, 15, 20, 30] and len(grid.baselines) == 6 and len(grid.students) == 10
+
+
+def test_class_paths_in_a_grids_config_parts_stay_yaml(monkeypatch, tmp_path):
+    """A sampler or callback given in a grid's overrides reaches the cell's config file as class_path + init_args."""
+    monkeypatch.chdir(REPO)
+    sampler = {"class_path": "lightning_distill.data.samplers.RandomSampler", "init_args": {"k": 6}}
+    callback = {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {}}
+    grid_yaml = yaml.safe_dump({"grid": {
+        "family": "netvlad-tiny", "ks": [6], "baselines": [],
+        "students": [{"mode": "serial", "losses": ["rep", "ce"], "module": {"train_sampler": sampler}}],
+        "k_overrides": {6: {"model": {"init_args": {"train_sampler": sampler}}}},
+        "trainer": {"callbacks": [callback]},
+    }})
+    (tmp_path / "grid.yaml").write_text(grid_yaml)
+    parser = ArgumentParser()
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_function_arguments(experiment)
+    grid = parser.instantiate_classes(parser.parse_args(["--config", str(tmp_path / "grid.yaml"), "--output", "x"])).grid
+    assert grid.students[0].module == {"train_sampler": sampler}
+    assert grid.k_overrides == {6: {"model": {"init_args": {"train_sampler": sampler}}}}
+    assert grid.trainer == {"callbacks": [callback]}
+    yaml.safe_dump(asdict(grid))  # what `vdistill experiment` writes first; objects would fail here
 
 
 MINI_GRID = """

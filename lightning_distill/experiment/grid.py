@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from lightning_distill.data.samplers import FrameSampler
 from lightning_distill.errors import ConfigError
@@ -31,6 +30,11 @@ MODES = ("serial", "parallel")
 # chooses (trained once per seed against the seed's teacher).
 SELECTIONS = {"skim": "skim-scorer"}
 SCORER_METHOD = "Audio skim (frame scorer)"
+
+# A piece of a cell's config (trainer or data settings, overrides), kept as plain YAML: typed ``dict[str, Any]``,
+# jsonargparse would instantiate each ``{class_path, init_args}`` inside it (a sampler, a callback), and a cell's
+# config file could not hold the object.
+ConfigPart = dict
 
 # The data module arguments that say where the data is; synthetic data fills them in.
 DATA_FILE_KEYS = ("train_files", "val_files", "test_files")
@@ -64,9 +68,9 @@ class StudentVariant:
     mode: str
     losses: list[str]
     weights: dict[str, float] = field(default_factory=dict)
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    options: dict[str, ConfigPart] = field(default_factory=dict)
     tag: str = ""
-    module: dict[str, Any] = field(default_factory=dict)
+    module: ConfigPart = field(default_factory=dict)
     train_ks: list[int] | None = None
     teachers: list[str] | None = None
     selection: str | None = None
@@ -137,10 +141,10 @@ class Grid:
     baselines: list[str] = field(default_factory=lambda: ["uniform"])
     students: list[StudentVariant] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
-    trainer: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
-    k_overrides: dict[int, dict[str, Any]] = field(default_factory=dict)
-    synthetic: dict[str, Any] | None = None
+    trainer: ConfigPart = field(default_factory=dict)
+    data: ConfigPart = field(default_factory=dict)
+    k_overrides: dict[int, ConfigPart] = field(default_factory=dict)
+    synthetic: ConfigPart | None = None
     tsne_videos: int = 500
     patience: int | None = None
 
