@@ -4,8 +4,8 @@ run end to end through the CLI."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -205,15 +205,19 @@ def test_seeds_are_averaged_only_when_all_have_finished(configs, tmp_path):
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _parsed_grid(config: str | Path) -> Grid:
+    """The grid of a ``vdistill experiment --config`` file, parsed and instantiated as the command does."""
+    parser = ArgumentParser()
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_function_arguments(experiment)
+    return parser.instantiate_classes(parser.parse_args(["--config", str(config), "--output", "unused"])).grid
+
+
 @pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "configs" / "experiments").glob("*.yaml")))
 def test_presets_parse_as_the_command_parses_them(preset, monkeypatch):
     """Each preset is a valid ``vdistill experiment --config`` file whose cells all have base configs."""
     monkeypatch.chdir(REPO)  # presets name their base configs relative to the repository
-    parser = ArgumentParser()
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_function_arguments(experiment)
-    parsed = parser.parse_args(["--config", f"configs/experiments/{preset}", "--output", "unused"])
-    grid = parser.instantiate_classes(parsed).grid
+    grid = _parsed_grid(f"configs/experiments/{preset}")
     cells = expand_grid(grid)
     assert cells[0].role == "teacher" and all(p.is_file() for cell in cells for p in cell.base_configs)
     if preset.startswith("paper-"):
@@ -221,7 +225,8 @@ def test_presets_parse_as_the_command_parses_them(preset, monkeypatch):
 
 
 def test_class_paths_in_a_grids_config_parts_stay_yaml(monkeypatch, tmp_path):
-    """A sampler or callback given in a grid's overrides reaches the cell's config file as class_path + init_args."""
+    """A sampler or callback in a grid's config parts stays class_path + init_args through parsing, so the
+    experiment's and the cells' YAML files can hold it."""
     monkeypatch.chdir(REPO)
     sampler = {"class_path": "lightning_distill.data.samplers.RandomSampler", "init_args": {"k": 6}}
     callback = {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {}}
@@ -232,10 +237,7 @@ def test_class_paths_in_a_grids_config_parts_stay_yaml(monkeypatch, tmp_path):
         "trainer": {"callbacks": [callback]},
     }})
     (tmp_path / "grid.yaml").write_text(grid_yaml)
-    parser = ArgumentParser()
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_function_arguments(experiment)
-    grid = parser.instantiate_classes(parser.parse_args(["--config", str(tmp_path / "grid.yaml"), "--output", "x"])).grid
+    grid = _parsed_grid(tmp_path / "grid.yaml")
     assert grid.students[0].module == {"train_sampler": sampler}
     assert grid.k_overrides == {6: {"model": {"init_args": {"train_sampler": sampler}}}}
     assert grid.trainer == {"callbacks": [callback]}
