@@ -17,7 +17,7 @@ from lightning_distill.cli.main import main
 from lightning_distill.errors import ConfigError
 from lightning_distill.config_files import deep_merge, load_config
 from lightning_distill.experiment.cell_config import cell_configs
-from lightning_distill.experiment.grid import Grid, StudentVariant, expand_grid, row_labels
+from lightning_distill.experiment.grid import Baseline, Grid, StudentVariant, expand_grid, row_labels
 from lightning_distill.atomic_files import write_json_atomic
 from lightning_distill.experiment import runner
 from lightning_distill.experiment.layout import ExperimentLayout
@@ -104,6 +104,10 @@ def test_rows_follow_table_1_order(configs):
         ({"students": [StudentVariant("serial", ["pred"], selection="oracle")]}, "'oracle' of serial-pred-oracle"),
         ({"students": [StudentVariant("parallel", ["pred"], selection="skim")]}, "use mode serial"),
         ({"students": [StudentVariant("serial", ["pred"], selection="skim", train_ks=[6])]}, "no train_ks"),
+        ({"baselines": ["uniform", Baseline("uniform", "best")]}, r"unknown baselines \['best'\]"),
+        ({"baselines": ["uniform", Baseline("uniform")]}, "twice"),
+        ({"students": [StudentVariant("serial", ["pred"], train_selection="oracle")]}, "'oracle' of serial-pred"),
+        ({"students": [StudentVariant("serial", ["pred"], train_selection="random", train_ks=[6])]}, "keep one"),
     ],
 )
 def test_invalid_grids_raise_config_error(configs, changes, message):
@@ -244,6 +248,17 @@ def test_class_paths_in_a_grids_config_parts_stay_yaml(monkeypatch, tmp_path):
     yaml.safe_dump(asdict(grid))  # what `vdistill experiment` writes first; objects would fail here
 
 
+def test_a_baseline_trained_on_other_frames_parses_from_yaml(monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    (tmp_path / "grid.yaml").write_text("grid: {family: netvlad-tiny, ks: [6], baselines: [uniform, "
+                                        "{sampler: uniform, train_selection: random}]}\n")
+    grid = _parsed_grid(tmp_path / "grid.yaml")
+    assert grid.baselines == ["uniform", Baseline("uniform", "random")]
+    assert [cell.name for cell in expand_grid(grid)][1:] == ["uniform-k6-s0", "uniform-trained-on-random-k6-s0"]
+    assert yaml.safe_load(yaml.safe_dump(asdict(grid)))["baselines"][1] == {"sampler": "uniform",
+                                                                             "train_selection": "random"}
+
+
 MINI_GRID = """
 grid:
   family: hrnn-tiny
@@ -351,6 +366,28 @@ def test_cell_configs_apply_the_cell_choices_and_keep_every_run_in_its_own_direc
     base_pred = load_config(REPO / "configs" / "role" / "parallel.yaml")["model"]["init_args"]["loss"]["pred"]
     assert list(parallel["loss"]) == ["pred", "ce"]
     assert parallel["loss"]["pred"]["init_args"] == {**base_pred["init_args"], "weight": 0.5}
+
+
+def test_models_trained_on_random_frames_are_rows_of_their_own_tested_on_uniform_frames(tmp_path):
+    """``train_selection``: a baseline or student trains on Random-k frames (every fit of the two-stage recipe)
+    and is tested on Uniform-k, beside the same models trained on Uniform-k frames."""
+    grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6], seeds=[0],
+                baselines=["uniform", Baseline("uniform", train_selection="random")],
+                students=[StudentVariant("serial", ["rep"]), StudentVariant("serial", ["rep"], train_selection="random")])
+    assert row_labels(grid) == ["Uniform-k", "Uniform-k (trained on Random-k)", "Serial L_rep",
+                                "Serial L_rep (trained on Random-k)"]
+    cells = {cell.name: cell for cell in expand_grid(grid)}
+    random = {"class_path": "lightning_distill.data.samplers.RandomSampler", "init_args": {"k": 6}}
+    uniform = {"class_path": "lightning_distill.data.samplers.UniformSampler", "init_args": {"k": 6}}
+    expected = {"uniform-k6-s0": 1, "uniform-trained-on-random-k6-s0": 1, "serial-rep-k6-s0": 2,
+                "serial-rep-trained-on-random-k6-s0": 2}
+    for name, fits in expected.items():
+        runs = cell_configs(cells[name], grid, ExperimentLayout(tmp_path), dict(FILES))
+        assert len(runs) == fits
+        for run in runs:
+            init_args = run.config["model"]["init_args"]
+            assert init_args["sampler"] == uniform
+            assert init_args.get("train_sampler") == (random if "random" in name else None)
 
 
 def test_an_any_k_student_is_trained_once_per_seed_and_tested_at_every_k(tmp_path):

@@ -9,7 +9,14 @@ from lightning.pytorch.cli import LightningCLI
 from torch.utils.data import DataLoader
 
 from lightning_distill.data.batch import FrameView, VideoBatch
-from lightning_distill.data.samplers import AllFramesSampler, AnyKSampler, FirstSampler, FrameSampler, UniformSampler
+from lightning_distill.data.samplers import (
+    AllFramesSampler,
+    AnyKSampler,
+    FirstSampler,
+    FrameSampler,
+    RandomSampler,
+    UniformSampler,
+)
 from lightning_distill.errors import ConfigError, DataError
 from lightning_distill.models import HRNN, MoEHead, NetVLAD, NeXtVLAD
 from lightning_distill.training.losses import classification_loss
@@ -197,6 +204,39 @@ def test_frame_views_per_stage(teacher_ckpt):
     for stage in ("fit", "validate", "test"):
         assert parallel.frame_views(stage) == {"teacher": all_frames, "student": uniform}
     assert parallel.frame_views("predict") == {"student": uniform}
+
+
+@pytest.mark.parametrize("kind", ["baseline", "parallel"])
+def test_a_model_trains_on_its_train_sampler_and_is_evaluated_on_its_sampler(kind):
+    """A from-scratch baseline (TeacherModule) or a Parallel student with ``train_sampler=RandomSampler(4)``: its
+    training batches hold random frames, its validation batches the Uniform-4 frames it is tested on."""
+    torch.manual_seed(0)
+    uniform, random = UniformSampler(4), RandomSampler(4)
+    if kind == "baseline":
+        module, role = teacher_module(hrnn(block_length=2), sampler=uniform, train_sampler=random), "teacher"
+    else:
+        module, role = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=uniform,
+                                     train_sampler=random), "student"
+    assert module.frame_views("fit")[role] is random
+    assert all(module.frame_views(stage)[role] is uniform for stage in ("validate", "test", "predict"))
+    seen = {"train": [], "val": []}
+
+    class RecordPositions(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen["train"].append((batch.lengths, batch.views[role].positions))
+
+        def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
+            seen["val"].append((batch.lengths, batch.views[role].positions))
+
+    trainer(max_steps=3, limit_val_batches=3, callbacks=[RecordPositions()]).fit(module, datamodule=TinyVideos())
+    assert seen["train"] and seen["val"]
+    assert all(torch.equal(positions, uniform.indices(lengths)) for lengths, positions in seen["val"])
+    assert not all(torch.equal(positions, uniform.indices(lengths)) for lengths, positions in seen["train"])
+
+
+def test_a_train_sampler_k_that_the_blocks_do_not_tile_is_a_config_error():
+    with pytest.raises(ConfigError, match="k=3 is not a multiple of the teacher's training view's HRNN"):
+        teacher_module(hrnn(block_length=2), sampler=UniformSampler(4), train_sampler=RandomSampler(3))
 
 
 def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -104,6 +104,8 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
     model: dict[str, Any] = {}
     if cell.sampler is not None:
         model["sampler"] = {"class_path": class_path(BASELINES[cell.sampler]), "init_args": {"k": cell.k}}
+    if cell.train_sampler is not None:
+        model["train_sampler"] = {"class_path": class_path(BASELINES[cell.train_sampler]), "init_args": {"k": cell.k}}
     if cell.scorer is not None:
         chosen_by = {"k": cell.k, "scorer_checkpoint": str(layout.checkpoint(cell.scorer))}
         model["sampler"] = {"class_path": class_path(SkimSampler), "init_args": chosen_by}

@@ -40,6 +40,37 @@ ConfigPart = dict
 DATA_FILE_KEYS = ("train_files", "val_files", "test_files")
 
 
+def trained_on_label(selection: str) -> str:
+    """The row-label suffix of a model trained on other frames than it is tested on, e.g. ``trained on Random-k``."""
+    return f"trained on {BASELINES[selection].label}"
+
+
+@dataclass
+class Baseline:
+    """A model trained from scratch on k frames (a row of the upper half of Table 1), where a grid's ``baselines``
+    entry is more than a sampler's name.
+
+    Args:
+        sampler: the frames it is tested on, a ``FrameSampler.registry`` name (``uniform``, ``random``, ...).
+        train_selection: the frames of its training batches, another such name; e.g. ``random`` under ``uniform``:
+            new frames every epoch, tested on Uniform-k (the fair baseline of students trained on random frames).
+    """
+
+    sampler: str
+    train_selection: str | None = None
+
+    @property
+    def slug(self) -> str:
+        """Filesystem-safe id, e.g. ``uniform`` or ``uniform-trained-on-random``."""
+        return self.sampler + (f"-trained-on-{self.train_selection}" if self.train_selection else "")
+
+    @property
+    def label(self) -> str:
+        """The report's row label, e.g. ``Uniform-k`` or ``Uniform-k (trained on Random-k)``."""
+        label = BASELINES[self.sampler].label
+        return f"{label} ({trained_on_label(self.train_selection)})" if self.train_selection else label
+
+
 @dataclass
 class StudentVariant:
     """One teacher-student training recipe (a row of the lower half of Table 1).
@@ -63,6 +94,9 @@ class StudentVariant:
         selection: frames chosen per video instead of Uniform-k (Serial only): ``skim``, the best frame of each of k
             segments by an audio skim (``SkimSampler``), which the grid trains per seed against that seed's teacher
             (cell ``skim-s<seed>``). Without a tag the variant is tagged with the selection's name.
+        train_selection: the frames of the student's training batches (a ``FrameSampler.registry`` name, e.g.
+            ``random``: new frames every epoch), tested on Uniform-k; Serial or Parallel. Without a tag the variant
+            is tagged ``trained-on-<name>``.
     """
 
     mode: str
@@ -74,6 +108,7 @@ class StudentVariant:
     train_ks: list[int] | None = None
     teachers: list[str] | None = None
     selection: str | None = None
+    train_selection: str | None = None
 
     def __post_init__(self) -> None:
         if self.train_ks and not self.tag:
@@ -82,6 +117,8 @@ class StudentVariant:
             self.tag = self._teachers_tag
         if self.selection and not self.tag:
             self.tag = self.selection
+        if self.train_selection and not self.tag:
+            self.tag = f"trained-on-{self.train_selection}"
 
     @property
     def _teachers_tag(self) -> str:
@@ -104,6 +141,8 @@ class StudentVariant:
         label = f"{self.mode.capitalize()} {', '.join(LOSS_TERMS[t].symbol for t in self.losses)}"
         if self.teachers and self.tag == self._teachers_tag:
             return f"{label} (teachers: {' + '.join(self.teachers)})"
+        if self.train_selection and self.tag == f"trained-on-{self.train_selection}":
+            return f"{label} ({trained_on_label(self.train_selection)})"
         return f"{label} ({self.tag})" if self.tag else label
 
 
@@ -119,7 +158,8 @@ class Grid:
             None when ``data`` or ``synthetic`` say where the data is.
         ks: student frame counts (the table's columns; paper: 6, 10, 15, 20, 30).
         baselines: models trained from scratch on k frames, by sampler: ``uniform``, ``random``, ``first``,
-            ``middle``, ``last``, ``first_middle_last``.
+            ``middle``, ``last``, ``first_middle_last``; or a ``Baseline``, e.g. ``{sampler: uniform,
+            train_selection: random}`` (trained on Random-k frames, tested on Uniform-k).
         students: teacher-student variants (Serial/Parallel x loss set).
         seeds: one run of every cell per seed; the report averages over seeds.
         trainer: ``Trainer`` arguments set in every cell (e.g. ``max_epochs``, ``limit_train_batches``).
@@ -138,7 +178,7 @@ class Grid:
     ks: list[int]
     configs: str = "configs"
     data_config: str | None = None
-    baselines: list[str] = field(default_factory=lambda: ["uniform"])
+    baselines: list[str | Baseline] = field(default_factory=lambda: ["uniform"])
     students: list[StudentVariant] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
     trainer: ConfigPart = field(default_factory=dict)
@@ -161,6 +201,7 @@ class Cell:
         seed: the run's seed.
         base_configs: the config parts the cell's config starts from, merged in order.
         sampler: the sampler's key (``FrameSampler.registry``) for k-frame models, else None.
+        train_sampler: the key of the sampler of its training batches, when not ``sampler``.
         variant: the teacher-student recipe, for ``serial``/``parallel`` cells.
         teacher: name of the cell whose checkpoint a serial student distils from (it must finish first).
         trained_by: for an any-k student at its second and later k, the cell (of its first k) that trains it: this
@@ -176,6 +217,7 @@ class Cell:
     seed: int
     base_configs: tuple[Path, ...]
     sampler: str | None = None
+    train_sampler: str | None = None
     variant: StudentVariant | None = None
     teacher: str | None = None
     trained_by: str | None = None
@@ -203,10 +245,11 @@ def check_grid(grid: Grid) -> None:
     bad_k = [k for k in grid.ks if not isinstance(k, int) or k < 1]
     if bad_k:
         raise ConfigError(f"ks {bad_k} are invalid: every k is a frame count >= 1")
-    for name, values in {"ks": grid.ks, "baselines": grid.baselines, "seeds": grid.seeds}.items():
+    baselines = baseline_rows(grid)
+    for name, values in {"ks": grid.ks, "baselines": [b.slug for b in baselines], "seeds": grid.seeds}.items():
         if len(set(values)) != len(values):
             raise ConfigError(f"{name} {values} lists a value twice: list each once")
-    unknown = [b for b in grid.baselines if b not in BASELINES]
+    unknown = [name for b in baselines for name in (b.sampler, b.train_selection) if name and name not in BASELINES]
     if unknown:
         raise ConfigError(f"unknown baselines {unknown}: choose from {', '.join(BASELINES)}")
     if not grid.seeds:
@@ -265,6 +308,17 @@ def _check_variant(variant: StudentVariant) -> None:
                 f"{variant.slug} sets selection: its frame scorer learns from a trained teacher, so use mode serial "
                 "(and no train_ks: an any-k student draws Uniform frames)"
             )
+    if variant.train_selection is not None:
+        if variant.train_selection not in BASELINES:
+            raise ConfigError(
+                f"train_selection {variant.train_selection!r} of {variant.slug} is unknown: choose from "
+                f"{', '.join(BASELINES)}"
+            )
+        if variant.train_ks or variant.selection:
+            raise ConfigError(
+                f"{variant.slug} sets train_selection with train_ks or selection, which choose its frames already: "
+                "keep one"
+            )
     if variant.teachers is not None:
         if variant.mode != "serial":
             raise ConfigError(f"{variant.slug} sets teachers, but an ensemble is distilled Serial: use mode serial")
@@ -272,6 +326,11 @@ def _check_variant(variant: StudentVariant) -> None:
             raise ConfigError(
                 f"teachers {variant.teachers} of {variant.slug}: list each family once, e.g. [hrnn, nextvlad]"
             )
+
+
+def baseline_rows(grid: Grid) -> list[Baseline]:
+    """The grid's baselines, each as a ``Baseline`` (a sampler's name stands for ``Baseline(name)``)."""
+    return [b if isinstance(b, Baseline) else Baseline(b) for b in grid.baselines]
 
 
 def _roles(grid: Grid) -> list[str]:
@@ -346,10 +405,10 @@ def expand_grid(grid: Grid) -> list[Cell]:
             cells.append(Cell(scorer_cell(seed, selection), role, SCORER_METHOD, None, seed, paths,
                               ensemble=(teacher_cell(seed),)))
         for k in grid.ks:
-            for baseline in grid.baselines:
-                label = BASELINES[baseline].label
+            for baseline in baseline_rows(grid):
                 path = base_config_paths(grid, "baseline")
-                cells.append(Cell(f"{baseline}-k{k}-s{seed}", "baseline", label, k, seed, path, sampler=baseline))
+                cells.append(Cell(f"{baseline.slug}-k{k}-s{seed}", "baseline", baseline.label, k, seed, path,
+                                  sampler=baseline.sampler, train_sampler=baseline.train_selection))
             for variant in grid.students:
                 trainer = f"{variant.slug}-k{grid.ks[0]}-s{seed}" if variant.train_ks and k != grid.ks[0] else None
                 own_teacher, ensemble = _distils_from(grid, variant, seed)
@@ -363,6 +422,7 @@ def expand_grid(grid: Grid) -> list[Cell]:
                         base_configs=base_config_paths(grid, variant.mode),
                         # The paper's students all see Uniform-k frames; a selection's students, its scorer's choice.
                         sampler=None if variant.selection else "uniform",
+                        train_sampler=variant.train_selection,
                         variant=variant,
                         teacher=own_teacher,
                         trained_by=trainer,
@@ -375,4 +435,4 @@ def expand_grid(grid: Grid) -> list[Cell]:
 
 def row_labels(grid: Grid) -> list[str]:
     """The report's rows in Table 1's order: baselines, then teacher-student variants, as listed in the grid."""
-    return [BASELINES[b].label for b in grid.baselines] + [variant.label for variant in grid.students]
+    return [b.label for b in baseline_rows(grid)] + [variant.label for variant in grid.students]

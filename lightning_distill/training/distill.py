@@ -55,6 +55,7 @@ class DistillModule(VideoClassifierModule):
         warmup_epochs: the student's terms that compare with the teacher (L_rep, L_pred) grow linearly from 0 to
             their weight over this many epochs, so the student does not chase a teacher that is still random;
             0: full weight from the start (the paper's setting).
+        train_sampler: the student's frames in training batches; default: ``sampler`` (see ``TeacherModule``).
     """
 
     evaluated_roles = ("teacher", "student")
@@ -72,10 +73,12 @@ class DistillModule(VideoClassifierModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         warmup_epochs: float = 0.0,
+        train_sampler: FrameSampler | None = None,
     ) -> None:
         # A copy made before the student's encoder adapts to its k frames (H-RNN's block length).
         teacher_encoder = teacher_encoder or copy.deepcopy(encoder)
-        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30))
+        sampler = sampler or UniformSampler(30)
+        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler, train_sampler)
         teacher_sampler = teacher_sampler or AllFramesSampler()
         save_plain_hyperparameters(self)
         check_same_family(teacher_encoder, encoder, "the teacher encoder")
@@ -92,7 +95,7 @@ class DistillModule(VideoClassifierModule):
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
         if stage == "predict":
             return {"student": self.sampler}
-        return {"teacher": self.teacher_sampler, "student": self.sampler}
+        return {"teacher": self.teacher_sampler, "student": self.own_sampler(stage)}
 
     def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
         outputs = {"student": self(batch.views["student"])}

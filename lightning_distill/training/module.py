@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.normalization import FeatureNormalizer, normalization_config
-from lightning_distill.data.samplers import FrameSampler, ScoredSampler
+from lightning_distill.data.samplers import FrameSampler, ScoredSampler, UniformSampler
 from lightning_distill.errors import ConfigError, DataError
 from lightning_distill.evaluation.metrics import YT8MMetrics
 from lightning_distill.models.encoder import VideoEncoder
@@ -62,7 +62,10 @@ class VideoClassifierModule(L.LightningModule, ABC):
         head: builds the classifier as ``head(encoder.output_dim, num_classes)``.
         optimizer: builds the optimiser from the trainable parameters.
         lr_scheduler: builds a per-epoch learning-rate schedule from the optimiser, or None.
-        sampler: the frames ``encoder`` sees.
+        sampler: the frames ``encoder`` sees when it is evaluated and when it predicts.
+        train_sampler: the frames it sees in training batches; default: ``sampler``. E.g. ``RandomSampler(k)``
+            (new frames every epoch) for a model tested on ``UniformSampler(k)``, or an ``AnyKSampler`` (a k drawn
+            per batch) for a model tested at any k.
 
     Attributes:
         evaluated_roles: the roles whose predictions are scored at validation and test.
@@ -80,9 +83,14 @@ class VideoClassifierModule(L.LightningModule, ABC):
         optimizer: OptimizerCallable,
         lr_scheduler: LRSchedulerCallable | None,
         sampler: FrameSampler,
+        train_sampler: FrameSampler | None = None,
     ) -> None:
         super().__init__()
         check_blocks(encoder, sampler, self.predicting_role)
+        self.train_sampler = train_sampler or sampler
+        for k in getattr(self.train_sampler, "ks", [self.train_sampler.k]):
+            if k is not None:  # every frame: a model that skims them all (models/skim.py)
+                check_blocks(encoder, UniformSampler(k), f"{self.predicting_role}'s training view", adapt=False)
         self.encoder = encoder
         self.head = head(encoder.output_dim, num_classes)
         self.sampler = sampler
@@ -111,6 +119,11 @@ class VideoClassifierModule(L.LightningModule, ABC):
     @abstractmethod
     def losses(self, outputs: dict[str, ModelOutput], labels: Tensor) -> dict[str, Tensor]:
         """Log name under ``train/`` -> weighted loss value; ``"loss"`` is the total that is minimised."""
+
+    def own_sampler(self, stage: str) -> FrameSampler:
+        """The frames this module's own model (the one it predicts with) reads at ``stage``: ``train_sampler`` in
+        training batches ("fit"), ``sampler`` otherwise."""
+        return self.train_sampler if stage == "fit" else self.sampler
 
     def forward(self, view: FrameView) -> ModelOutput:
         """Classify one view with ``encoder`` + ``head``."""

@@ -127,7 +127,7 @@ class StudentModule(VideoClassifierModule):
         ensemble_teachers: list[str] | None = None,
         head_from_teacher: bool = True,
     ) -> None:
-        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30))
+        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30), train_sampler)
         teacher_sampler = teacher_sampler or AllFramesSampler()
         save_plain_hyperparameters(self)
         self.criterion = DistillLoss(default_student_loss() if loss is None else loss)
@@ -157,10 +157,6 @@ class StudentModule(VideoClassifierModule):
         self.init_from = init_from
         self.teacher_sampler = teacher_sampler
         self.teacher_targets = teacher_targets
-        self.train_sampler = train_sampler or self.sampler
-        for k in getattr(self.train_sampler, "ks", [self.train_sampler.k]):
-            if k is not None:  # every frame: a student that skims them all (models/skim.py)
-                check_blocks(self.encoder, UniformSampler(k), "student's training view", adapt=False)
         # Loaded by setup("fit"): evaluating a student never needs its teacher. With cached targets only the
         # teacher's head (the student's starting head) is kept.
         self.teacher: TeacherModule | None = None
@@ -183,7 +179,7 @@ class StudentModule(VideoClassifierModule):
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
         if stage == "fit" and self.criterion.needs_teacher and self.teacher_checkpoint and not self._targets_cached:
             return {"teacher": self.teacher_sampler, "student": self.train_sampler}
-        return {"student": self.train_sampler if stage == "fit" else self.sampler}
+        return {"student": self.own_sampler(stage)}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

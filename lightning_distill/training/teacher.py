@@ -32,6 +32,8 @@ class TeacherModule(VideoClassifierModule):
             ``init_args: {num_mixtures: 2}``.
         optimizer: builds the optimiser from the parameters.
         lr_scheduler: builds a per-epoch learning-rate schedule, or None for a constant rate.
+        train_sampler: the frames of training batches; default: ``sampler``. ``RandomSampler(k)`` under a
+            ``UniformSampler(k)`` trains on new frames every epoch and is tested on Uniform-k frames.
     """
 
     evaluated_roles = ("teacher",)
@@ -45,13 +47,15 @@ class TeacherModule(VideoClassifierModule):
         head: Callable[[int, int], ClassifierHead] = LogisticHead,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        train_sampler: FrameSampler | None = None,
     ) -> None:
-        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler or AllFramesSampler())
+        sampler = sampler or AllFramesSampler()
+        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler, train_sampler)
         save_plain_hyperparameters(self)
         self.criterion = DistillLoss({"ce": ClassificationLoss()})
 
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
-        return {"teacher": self.sampler}
+        return {"teacher": self.own_sampler(stage)}
 
     def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
         return {"teacher": self(batch.views["teacher"])}
