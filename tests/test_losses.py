@@ -112,6 +112,25 @@ def test_prediction_loss_kl_of_class_normalised_probabilities_by_hand():
     assert prediction_loss(p_teacher, p_student, "kl").item() == pytest.approx(0.1160892, abs=1e-6)
 
 
+def test_prediction_loss_binary_kl_by_hand():
+    p_teacher = torch.tensor([[0.5, 1.0]])
+    p_student = torch.tensor([[0.25, 0.5]])
+    # class 0: .5 ln(.5/.25) + .5 ln(.5/.75) = .5 (ln 2 - ln 1.5) = 0.1438410; class 1: 1 ln(1/.5) + 0 = 0.6931472
+    assert prediction_loss(p_teacher, p_student, "binary_kl").item() == pytest.approx(0.8369882, abs=1e-6)
+
+
+def test_prediction_loss_binary_kl_has_the_gradient_of_l_ce_with_the_teachers_probabilities_as_labels():
+    p_teacher = PROBS.flip(1)
+    student = PROBS.clone().requires_grad_(True)
+    prediction_loss(p_teacher, student, "binary_kl").backward()
+    # dL_CE/dp = -(y/p - (1-y)/(1-p)) per class; L_CE adds eps 1e-5 inside its logs, hence the tolerance.
+    expected = -(p_teacher / PROBS - (1 - p_teacher) / (1 - PROBS)) / len(PROBS)
+    assert torch.allclose(student.grad, expected, atol=1e-6)
+    soft_ce = PROBS.clone().requires_grad_(True)
+    classification_loss(soft_ce, p_teacher).backward()
+    assert torch.allclose(student.grad, soft_ce.grad, atol=1e-3)
+
+
 def test_prediction_loss_temperature_by_hand():
     # T = 2: sigmoid(logit(0.8) / 2) = sigmoid(ln 4 / 2) = sigmoid(ln 2) = 2/3; 0.5 stays 0.5.
     # squared distance (2/3 - 1/2)^2 = 1/36
@@ -119,7 +138,7 @@ def test_prediction_loss_temperature_by_hand():
     assert loss.item() == pytest.approx(1 / 36, rel=1e-5)
 
 
-@pytest.mark.parametrize("distance", ["kl", "squared"])
+@pytest.mark.parametrize("distance", ["kl", "squared", "binary_kl"])
 def test_losses_vanish_when_the_student_matches_the_teacher(distance):
     torch.manual_seed(0)
     probs = torch.rand(4, 7) * 0.98 + 0.01
@@ -150,11 +169,12 @@ def _grad_check(loss_fn, teacher, student):
         representation_loss,
         lambda t, s: prediction_loss(t, s, "kl"),
         lambda t, s: prediction_loss(t, s, "squared", temperature=2.0),
+        lambda t, s: prediction_loss(t, s, "binary_kl"),
         lambda t, s: intermediate_representation_loss(
             t[:, None].expand(-1, 2, -1), s[:, None], torch.tensor([[1], [0]]), torch.ones(2, 1, dtype=torch.bool)
         ),
     ],
-    ids=["rep", "pred_kl", "pred_squared", "rep_intermediate"],
+    ids=["rep", "pred_kl", "pred_squared", "pred_binary_kl", "rep_intermediate"],
 )
 def test_gradient_reaches_the_student_only(loss_fn):
     teacher_grad, student_grad = _grad_check(loss_fn, PROBS, PROBS.flip(1))
@@ -169,8 +189,9 @@ def test_gradient_reaches_the_student_only(loss_fn):
         lambda p: representation_loss(PROBS.flip(1), p),
         lambda p: prediction_loss(PROBS.flip(1), p, "kl"),
         lambda p: prediction_loss(PROBS.flip(1), p, "squared"),
+        lambda p: prediction_loss(PROBS.flip(1), p, "binary_kl"),
     ],
-    ids=["ce", "rep", "pred_kl", "pred_squared"],
+    ids=["ce", "rep", "pred_kl", "pred_squared", "pred_binary_kl"],
 )
 def test_losses_run_in_float32_under_bf16_autocast(loss_fn):
     probs_bf16 = PROBS.to(torch.bfloat16)
@@ -231,7 +252,7 @@ def test_intermediate_term_without_per_frame_states_is_a_config_error():
     [
         (lambda: DistillLoss({}), "no terms"),
         (lambda: RepresentationLoss(weight=-1.0), "weight must be >= 0"),
-        (lambda: PredictionLoss(distance="cosine"), "'kl' or 'squared'"),
+        (lambda: PredictionLoss(distance="cosine"), "distance must be one of kl, squared, binary_kl, got 'cosine'"),
         (lambda: PredictionLoss(temperature=0.0), "temperature must be > 0"),
     ],
 )

@@ -21,7 +21,7 @@ predict.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -35,7 +35,7 @@ from lightning_distill.evaluation.flops import inference_macs_by_part
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.heads import ClassifierHead, LogisticHead
 from lightning_distill.models.modes import eval_mode
-from lightning_distill.training.losses import prediction_distance
+from lightning_distill.training.losses import PredictionDistance, checked_distance, prediction_distance
 from lightning_distill.training.module import (
     EVALUATION_STAGES,
     VideoClassifierModule,
@@ -129,7 +129,7 @@ class EarlyExitModule(VideoClassifierModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         gate_hidden: int = 32,
-        distance: Literal["kl", "squared"] = "squared",
+        distance: PredictionDistance = "squared",
     ) -> None:
         stages = list(stages or [6, 18])
         check_stages(stages)
@@ -141,9 +141,7 @@ class EarlyExitModule(VideoClassifierModule):
         self.teacher_checkpoint = teacher_checkpoint
         self.stages = stages
         self.threshold = threshold
-        if distance not in ("kl", "squared"):
-            raise ConfigError(f"EarlyExitModule distance must be 'kl' or 'squared', got {distance!r}")
-        self.distance = distance
+        self.distance = checked_distance(distance)
         self.gate = ExitGate(len(stages) - 1, gate_hidden)
         # The student is trained already: only the gate learns.
         self.encoder.requires_grad_(False)
