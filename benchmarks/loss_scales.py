@@ -7,7 +7,7 @@ YouTube-8M-shaped random frames: per video a random "scene" vector plus per-fram
 differ from each other as much as frames within a video do, quantised to uint8, dequantised and L2-normalised per
 frame as the data module does. Printed per
 family: the representation size E and L_rep in its three forms (``representation_loss``), next to L_CE and L_pred
-of a fresh head (the terms L_rep is added to). An untrained pair is unrelated, the situation at the start of
+(class-normalised KL and per-class binary KL) of a fresh head (the terms L_rep is added to). An untrained pair is unrelated, the situation at the start of
 training and of a Parallel run: the standardised form is then about 2 by construction, while the raw form is
 whatever the encoder's scale makes it.
 
@@ -75,6 +75,7 @@ def measure(family: Path, batch: int, seed: int) -> dict[str, float]:
         "rep cosine": float(representation_loss(e_t, e_s, "cosine")),
         "ce": float(classification_loss(s.probabilities, labels)),
         "pred (kl)": float(prediction_loss(t.probabilities, s.probabilities)),
+        "pred (binary_kl)": float(prediction_loss(t.probabilities, s.probabilities, "binary_kl")),
     }
 
 
