@@ -16,7 +16,7 @@ NeXtVLAD re-implementation::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +28,9 @@ from lightning_distill.training.outputs import ModelOutput
 
 # How L_rep and L_rep^I compare representations (see representation_loss).
 RepresentationForm = Literal["raw", "standardized", "cosine"]
-FORMS = ("raw", "standardized", "cosine")
+FORMS = get_args(RepresentationForm)
 PredictionDistance = Literal["kl", "squared", "binary_kl"]
-DISTANCES = ("kl", "squared", "binary_kl")
+DISTANCES = get_args(PredictionDistance)
 
 # The YouTube-8M starter code's epsilon in its cross-entropy (written there as 10e-6).
 CE_EPSILON = 1e-5
