@@ -123,9 +123,10 @@ def test_prediction_loss_binary_kl_has_the_gradient_of_l_ce_with_the_teachers_pr
     p_teacher = PROBS.flip(1)
     student = PROBS.clone().requires_grad_(True)
     prediction_loss(p_teacher, student, "binary_kl").backward()
-    # dL_CE/dp = -(y/p - (1-y)/(1-p)) per class; L_CE adds eps 1e-5 inside its logs, hence the tolerance.
+    # dL_CE/dp = -(y/p - (1-y)/(1-p)) per class, averaged over the videos, with y the teacher's probabilities.
     expected = -(p_teacher / PROBS - (1 - p_teacher) / (1 - PROBS)) / len(PROBS)
     assert torch.allclose(student.grad, expected, atol=1e-6)
+    # L_CE itself adds eps 1e-5 inside its logs, hence the looser tolerance.
     soft_ce = PROBS.clone().requires_grad_(True)
     classification_loss(soft_ce, p_teacher).backward()
     assert torch.allclose(student.grad, soft_ce.grad, atol=1e-3)
