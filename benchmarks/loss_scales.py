@@ -5,11 +5,11 @@ For every family config part (``configs/family/*.yaml``: paper sizes and tiny), 
 frames and an independently initialised student of the same family sees Uniform-30 of them, both untrained, on
 YouTube-8M-shaped random frames: per video a random "scene" vector plus per-frame noise of the same spread, so videos
 differ from each other as much as frames within a video do, quantised to uint8, dequantised and L2-normalised per
-frame as the data module does. Printed per
-family: the representation size E and L_rep in its three forms (``representation_loss``), next to L_CE and L_pred
-(class-normalised KL and per-class binary KL) of a fresh head (the terms L_rep is added to). An untrained pair is unrelated, the situation at the start of
-training and of a Parallel run: the standardised form is then about 2 by construction, while the raw form is
-whatever the encoder's scale makes it.
+frame as the data module does. Printed per family: the representation size E and L_rep in its three forms
+(``representation_loss``), next to L_CE and L_pred (class-normalised KL and per-class binary KL) of a fresh head
+(the terms L_rep is added to). An untrained pair is unrelated, the situation at the start of training and of a
+Parallel run: the standardised form is then about 2 by construction, while the raw form is whatever the encoder's
+scale makes it.
 
     python benchmarks/loss_scales.py            # all six family parts, batch 16
 """

@@ -40,6 +40,11 @@ ConfigPart = dict
 DATA_FILE_KEYS = ("train_files", "val_files", "test_files")
 
 
+def trained_on_tag(selection: str) -> str:
+    """The id suffix of a model trained on other frames than it is tested on, e.g. ``trained-on-random``."""
+    return f"trained-on-{selection}"
+
+
 def trained_on_label(selection: str) -> str:
     """The row-label suffix of a model trained on other frames than it is tested on, e.g. ``trained on Random-k``."""
     return f"trained on {BASELINES[selection].label}"
@@ -62,7 +67,7 @@ class Baseline:
     @property
     def slug(self) -> str:
         """Filesystem-safe id, e.g. ``uniform`` or ``uniform-trained-on-random``."""
-        return self.sampler + (f"-trained-on-{self.train_selection}" if self.train_selection else "")
+        return self.sampler + (f"-{trained_on_tag(self.train_selection)}" if self.train_selection else "")
 
     @property
     def label(self) -> str:
@@ -118,7 +123,7 @@ class StudentVariant:
         if self.selection and not self.tag:
             self.tag = self.selection
         if self.train_selection and not self.tag:
-            self.tag = f"trained-on-{self.train_selection}"
+            self.tag = trained_on_tag(self.train_selection)
 
     @property
     def _teachers_tag(self) -> str:
@@ -141,7 +146,7 @@ class StudentVariant:
         label = f"{self.mode.capitalize()} {', '.join(LOSS_TERMS[t].symbol for t in self.losses)}"
         if self.teachers and self.tag == self._teachers_tag:
             return f"{label} (teachers: {' + '.join(self.teachers)})"
-        if self.train_selection and self.tag == f"trained-on-{self.train_selection}":
+        if self.train_selection and self.tag == trained_on_tag(self.train_selection):
             return f"{label} ({trained_on_label(self.train_selection)})"
         return f"{label} ({self.tag})" if self.tag else label
 

@@ -77,8 +77,9 @@ class DistillModule(VideoClassifierModule):
     ) -> None:
         # A copy made before the student's encoder adapts to its k frames (H-RNN's block length).
         teacher_encoder = teacher_encoder or copy.deepcopy(encoder)
-        sampler = sampler or UniformSampler(30)
-        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler, train_sampler)
+        super().__init__(
+            encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30), train_sampler
+        )
         teacher_sampler = teacher_sampler or AllFramesSampler()
         save_plain_hyperparameters(self)
         check_same_family(teacher_encoder, encoder, "the teacher encoder")

@@ -127,7 +127,9 @@ class StudentModule(VideoClassifierModule):
         ensemble_teachers: list[str] | None = None,
         head_from_teacher: bool = True,
     ) -> None:
-        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30), train_sampler)
+        super().__init__(
+            encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30), train_sampler
+        )
         teacher_sampler = teacher_sampler or AllFramesSampler()
         save_plain_hyperparameters(self)
         self.criterion = DistillLoss(default_student_loss() if loss is None else loss)

@@ -49,8 +49,10 @@ class TeacherModule(VideoClassifierModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         train_sampler: FrameSampler | None = None,
     ) -> None:
-        sampler = sampler or AllFramesSampler()
-        super().__init__(encoder, num_classes, head, optimizer, lr_scheduler, sampler, train_sampler)
+        # Defaults filled in the call, not in ``sampler``: save_plain_hyperparameters reads the arguments as given.
+        super().__init__(
+            encoder, num_classes, head, optimizer, lr_scheduler, sampler or AllFramesSampler(), train_sampler
+        )
         save_plain_hyperparameters(self)
         self.criterion = DistillLoss({"ce": ClassificationLoss()})
 
