@@ -80,8 +80,8 @@ class DistillModule(VideoClassifierModule):
         super().__init__(
             encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30), train_sampler
         )
-        teacher_sampler = teacher_sampler or AllFramesSampler()
         save_plain_hyperparameters(self)
+        teacher_sampler = teacher_sampler or AllFramesSampler()
         check_same_family(teacher_encoder, encoder, "the teacher encoder")
         check_blocks(teacher_encoder, teacher_sampler, "teacher")
         self.criterion = DistillLoss(default_student_loss() if loss is None else loss)

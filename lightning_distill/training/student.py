@@ -130,8 +130,8 @@ class StudentModule(VideoClassifierModule):
         super().__init__(
             encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30), train_sampler
         )
-        teacher_sampler = teacher_sampler or AllFramesSampler()
         save_plain_hyperparameters(self)
+        teacher_sampler = teacher_sampler or AllFramesSampler()
         self.criterion = DistillLoss(default_student_loss() if loss is None else loss)
         self.ensemble_teachers = list(ensemble_teachers or [])
         if self.criterion.needs_teacher and teacher_checkpoint is None and not self.ensemble_teachers:
