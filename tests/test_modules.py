@@ -441,6 +441,37 @@ def test_a_student_head_can_start_from_scratch_instead_of_the_teachers(teacher_c
                       loss={"rep": RepresentationLoss()}, head_from_teacher=False)
 
 
+def test_a_student_encoder_can_start_from_the_teachers(teacher_ckpt, tmp_path):
+    """encoder_from_teacher: the student's first step sees the teacher's trained encoder (its blocks may differ)."""
+    saved = torch.load(teacher_ckpt, weights_only=True)["state_dict"]
+    teacher_parts = {part: {k[len(part) + 1 :]: v for k, v in saved.items() if k.startswith(part + ".")}
+                     for part in ("encoder", "head")}
+    started: dict[str, dict[str, torch.Tensor]] = {}
+
+    class RecordStart(L.Callback):
+        def on_train_start(self, trainer, module):
+            started.update(encoder=state(module.encoder), head=state(module.head))
+
+    torch.manual_seed(0)
+    student = StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4),
+                            loss={"ce": ClassificationLoss()}, encoder_from_teacher=True)
+    trainer(max_steps=2, callbacks=[RecordStart()]).fit(student, datamodule=TinyVideos())
+    assert same(started["encoder"], teacher_parts["encoder"]) and same(started["head"], teacher_parts["head"])
+    assert not same(state(student.encoder), teacher_parts["encoder"])  # and then it trains
+
+    with pytest.raises(ConfigError, match="encoder_from_teacher is true but teacher_checkpoint is not set"):
+        StudentModule(hrnn(block_length=2), NUM_CLASSES, None, sampler=UniformSampler(4),
+                      loss={"ce": ClassificationLoss()}, encoder_from_teacher=True)
+    # A second stage starts from its first stage's weights, whatever the first started from.
+    stage1 = tmp_path / "stage1.ckpt"
+    trainer(max_steps=1).fit(student, datamodule=TinyVideos())
+    student.trainer.save_checkpoint(stage1)
+    stage2 = StudentModule(hrnn(block_length=2), NUM_CLASSES, None, sampler=UniformSampler(4),
+                           loss={"ce": ClassificationLoss()}, init_from=str(stage1), encoder_from_teacher=True)
+    trainer(max_steps=1, callbacks=[RecordStart()]).fit(stage2, datamodule=TinyVideos())
+    assert same(started["encoder"], state(student.encoder))
+
+
 def test_student_head_of_another_kind_is_a_config_error(teacher_ckpt):
     student = StudentModule(hrnn(), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(8), head=MoEHead)
     with pytest.raises(ConfigError, match="LogisticHead head .* MoEHead"):

@@ -153,18 +153,20 @@ class StepLosses(Callback):
         self.losses.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
 
 
-def student_losses(checkpoint, synthetic, tmp_path, mode: str, batch_size: int, loss=None) -> tuple[list, object]:
+def student_losses(checkpoint, synthetic, tmp_path, mode: str, batch_size: int, loss=None, callbacks=(),
+                   **module_args) -> tuple[list, object]:
     torch.manual_seed(0)
     dm = YT8MDataModule(train_files=f"{synthetic}/train*.tfrecord", store_dir=str(tmp_path / "stores"),
                         num_classes=SYNTHETIC_CLASSES, batch_size=batch_size, max_frames=40, val_fraction=0.0,
                         reader_threads=0)
     student = StudentModule(HRNN(hidden_size=32, num_layers=2, block_length=3), SYNTHETIC_CLASSES, str(checkpoint),
                             sampler=UniformSampler(6), head=MoEHead, teacher_targets=mode,
-                            loss=loss or {"rep": RepresentationLoss(0.1), "pred": PredictionLoss(), "ce": ClassificationLoss()})
+                            loss=loss or {"rep": RepresentationLoss(0.1), "pred": PredictionLoss(), "ce": ClassificationLoss()},
+                            **module_args)
     recorder = StepLosses()
     trainer = Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                      callbacks=[recorder], log_every_n_steps=1)
+                      callbacks=[recorder, *callbacks], log_every_n_steps=1)
     trainer.fit(student, datamodule=dm)
     return recorder.losses, student
 
@@ -186,6 +188,24 @@ def test_a_student_from_cached_targets_trains_as_with_the_live_teacher(synthetic
     assert len(live) == len(cached) == 36
     for step_live, step_cached in zip(live, cached):
         assert step_cached == pytest.approx(step_live, rel=1e-4, abs=1e-6)
+
+
+def test_a_student_from_cached_targets_starts_from_the_teachers_encoder(synthetic_tfrecords, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    checkpoint = teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
+    saved = torch.load(checkpoint, weights_only=True)["state_dict"]
+    started = {}
+
+    class RecordStart(Callback):
+        def on_train_start(self, trainer, module):
+            started.update({f"{part}.{k}": v.clone() for part in ("encoder", "head")
+                            for k, v in getattr(module, part).state_dict().items()})
+
+    _, student = student_losses(checkpoint, synthetic_tfrecords, tmp_path, "cached", batch_size=64,
+                                callbacks=[RecordStart()], encoder_from_teacher=True)
+    assert student.teacher is None  # the teacher's weights were kept, the teacher itself was not
+    assert started.keys() == {k for k in saved if k.startswith(("encoder.", "head."))}
+    assert all(torch.equal(started[k], saved[k]) for k in started)
 
 
 def test_intermediate_states_keep_the_live_teacher(synthetic_tfrecords, tmp_path, monkeypatch):

@@ -105,6 +105,9 @@ class StudentModule(VideoClassifierModule):
             ``teacher_checkpoint`` (see above); they need cached targets and loss terms on video-level outputs.
         head_from_teacher: start the head from the teacher's trained head (the paper's shared classifier); False
             trains it from scratch with the encoder (measured better for tiny NeXtVLAD, see the README).
+        encoder_from_teacher: start the encoder from the teacher's trained encoder instead of random weights (beyond
+            the paper: the student is the teacher's network shown fewer frames, so the teacher's weights are a
+            start that already works on k frames). Needs ``teacher_checkpoint``; ``init_from`` overrides it.
     """
 
     evaluated_roles = ("student",)
@@ -126,6 +129,7 @@ class StudentModule(VideoClassifierModule):
         train_sampler: FrameSampler | None = None,
         ensemble_teachers: list[str] | None = None,
         head_from_teacher: bool = True,
+        encoder_from_teacher: bool = False,
     ) -> None:
         super().__init__(
             encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30), train_sampler
@@ -154,15 +158,21 @@ class StudentModule(VideoClassifierModule):
                 "head_from_teacher is false but no loss term trains the head, which would stay random: add L_CE or "
                 "L_pred, or start the head from the teacher's"
             )
+        if encoder_from_teacher and teacher_checkpoint is None and init_from is None:
+            raise ConfigError(
+                "encoder_from_teacher is true but teacher_checkpoint is not set: give the TeacherModule's .ckpt "
+                "whose encoder starts the student, or set encoder_from_teacher: false"
+            )
         self.head_from_teacher = head_from_teacher
+        self.encoder_from_teacher = encoder_from_teacher
         self.teacher_checkpoint = teacher_checkpoint
         self.init_from = init_from
         self.teacher_sampler = teacher_sampler
         self.teacher_targets = teacher_targets
         # Loaded by setup("fit"): evaluating a student never needs its teacher. With cached targets only the
-        # teacher's head (the student's starting head) is kept.
+        # teacher's weights the student starts from are kept (part name -> state dict).
         self.teacher: TeacherModule | None = None
-        self._teacher_head: dict[str, Tensor] | None = None
+        self._teacher_start: dict[str, dict[str, Tensor]] = {}
         # Made by setup("fit") when the student's representation is compared with an ensemble's.
         self.adapter: RepresentationAdapter | None = None
         self._targets_cached = False
@@ -189,13 +199,13 @@ class StudentModule(VideoClassifierModule):
         if stage != "fit" or not self.teacher_paths:
             return
         primary = self._load_teacher(self.teacher_checkpoint) if self.teacher_checkpoint else None
+        if primary is not None:
+            self._teacher_start = self._starting_parts(primary)
         teachers = [primary] if primary is not None else []
         teachers += [load_frozen_teacher(path) for path in self.ensemble_teachers]
         datamodule = self.trainer.datamodule
         if self.cacheable and hasattr(datamodule, "teacher_targets"):
-            if primary is not None:
-                self._teacher_head = {key: value.clone() for key, value in primary.head.state_dict().items()}
-            else:
+            if primary is None:
                 rank_zero_info("student head: trained from scratch (no teacher of the student's family and sizes)")
             datamodule.use_teacher_targets(
                 [
@@ -220,10 +230,9 @@ class StudentModule(VideoClassifierModule):
             return
         if self.init_from is not None:
             load_weights(self.init_from, {"encoder": self.encoder, "head": self.head}, "init_from")
-        elif self._teacher_head is not None and self.head_from_teacher:
-            self.head.load_state_dict(self._teacher_head)
-        elif self.teacher is not None and self.head_from_teacher:
-            self.head.load_state_dict(self.teacher.head.state_dict())
+            return
+        for name, state in self._teacher_start.items():
+            getattr(self, name).load_state_dict(state)
 
     def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
         outputs = {"student": self(batch.views["student"])}
@@ -261,6 +270,13 @@ class StudentModule(VideoClassifierModule):
                 {TEACHER_PREFIX + key: value for key, value in self.teacher.state_dict().items()}
             )
         super().on_load_checkpoint(checkpoint)
+
+    def _starting_parts(self, teacher: TeacherModule) -> dict[str, dict[str, Tensor]]:
+        """The teacher's weights the student starts from (copies: a cached-targets fit drops the teacher)."""
+        parts = {"head": teacher.head} if self.head_from_teacher else {}
+        if self.encoder_from_teacher:
+            parts["encoder"] = teacher.encoder
+        return {name: {key: value.clone() for key, value in part.state_dict().items()} for name, part in parts.items()}
 
     def _adapter(self, encoders: list[VideoEncoder]) -> RepresentationAdapter:
         """Matches the student's representation to the ensemble's: itself for a teacher of its family and sizes."""
