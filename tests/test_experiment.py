@@ -108,6 +108,8 @@ def test_rows_follow_table_1_order(configs):
         ({"baselines": ["uniform", Baseline("uniform")]}, "twice"),
         ({"students": [StudentVariant("serial", ["pred"], train_selection="oracle")]}, "'oracle' of serial-pred"),
         ({"students": [StudentVariant("serial", ["pred"], train_selection="random", train_ks=[6])]}, "keep one"),
+        ({"baselines": [Baseline("uniform", weights="student")]}, "weights 'student': choose from scratch, teacher"),
+        ({"baselines": [Baseline("uniform", "random", weights="teacher")]}, "not trained on k frames: drop one"),
     ],
 )
 def test_invalid_grids_raise_config_error(configs, changes, message):
@@ -256,7 +258,8 @@ def test_a_baseline_trained_on_other_frames_parses_from_yaml(monkeypatch, tmp_pa
     assert grid.baselines == ["uniform", Baseline("uniform", "random")]
     assert [cell.name for cell in expand_grid(grid)][1:] == ["uniform-k6-s0", "uniform-trained-on-random-k6-s0"]
     assert yaml.safe_load(yaml.safe_dump(asdict(grid)))["baselines"][1] == {"sampler": "uniform",
-                                                                             "train_selection": "random"}
+                                                                             "train_selection": "random",
+                                                                             "weights": "scratch"}
 
 
 MINI_GRID = """
@@ -264,7 +267,7 @@ grid:
   family: hrnn-tiny
   configs: {configs}
   ks: [6]
-  baselines: [uniform]
+  baselines: [uniform, {{sampler: uniform, weights: teacher}}]
   students:
     - {{mode: serial, losses: [rep, pred, ce]}}
   trainer: {{max_epochs: 2, limit_train_batches: 2, limit_val_batches: 1, enable_progress_bar: false,
@@ -287,7 +290,8 @@ def test_miniature_grid_runs_end_to_end_reports_cell_numbers_and_resumes(tmp_pat
     layout = ExperimentLayout(output)
     report = json.loads(layout.report_json.read_text())
     assert report["missing"] == []
-    assert [row["method"] for row in report["rows"]] == ["Uniform-k", "Serial L_rep, L_pred, L_CE"]
+    assert [row["method"] for row in report["rows"]] == ["Uniform-k", "Uniform-k (the teacher, untrained)",
+                                                         "Serial L_rep, L_pred, L_CE"]
     assert all(list(row["results"]) == ["6"] for row in report["rows"])
     for entry in [row["results"]["6"] for row in report["rows"]] + [report["teacher"]]:
         (cell,) = entry["cells"]
@@ -300,6 +304,10 @@ def test_miniature_grid_runs_end_to_end_reports_cell_numbers_and_resumes(tmp_pat
     assert report["cost"][0]["flops_per_video"] > report["cost"][1]["flops_per_video"]
     markdown = layout.report_md.read_text()
     assert "| Uniform-k |" in markdown and "| Serial L_rep, L_pred, L_CE |" in markdown
+    # The teacher tested on six frames: nothing trained for it, and not the teacher's all-frames numbers.
+    assert not layout.fit_dir("uniform-teacher-weights-k6-s0").exists()
+    untrained = json.loads(layout.test_metrics("uniform-teacher-weights-k6-s0").read_text())
+    assert untrained != json.loads(layout.test_metrics("teacher-s0").read_text())
     assert "tsne.png" in report["figures"].values()
     for file in report["figures"].values():
         assert (output / file).read_bytes().startswith(PNG_SIGNATURE)
@@ -415,6 +423,27 @@ def test_an_any_k_student_is_trained_once_per_seed_and_tested_at_every_k(tmp_pat
     # Its one checkpoint serves every k: the last weights, not the best at the grid's first k.
     (checkpoint,) = [c for c in first.fits[-1].config["trainer"]["callbacks"] if "ModelCheckpoint" in c["class_path"]]
     assert checkpoint["init_args"]["monitor"] is None and checkpoint["init_args"]["filename"] == "best"
+
+
+def test_a_baseline_of_the_teachers_weights_only_tests_the_seeds_teacher_on_k_frames(tmp_path):
+    baseline = Baseline("uniform", weights="teacher")
+    grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6, 30], seeds=[0, 1], baselines=[baseline],
+                students=[])
+    assert row_labels(grid) == ["Uniform-k (the teacher, untrained)"]
+    layout = ExperimentLayout(tmp_path)
+    cells = {cell.name: cell for cell in expand_grid(grid)}
+    for seed in (0, 1):
+        for k in (6, 30):
+            cell = cells[f"uniform-teacher-weights-k{k}-s{seed}"]
+            assert cell.waits_for == [f"teacher-s{seed}"]
+            run = CellRun(cell, cell_configs(cell, grid, layout, dict(FILES)), "f")
+            (command,) = cell_commands(run, layout)
+            assert command[0] == "test"
+            assert command[command.index("--ckpt_path") + 1] == str(layout.checkpoint(f"teacher-s{seed}"))
+            model = run.fits[-1].config["model"]
+            assert model["init_args"]["sampler"] == {"class_path": "lightning_distill.data.samplers.UniformSampler",
+                                                     "init_args": {"k": k}}
+            assert model["class_path"].endswith("TeacherModule")
 
 
 def test_a_student_of_several_teachers_distils_from_its_seeds_teacher_of_each_family(tmp_path):

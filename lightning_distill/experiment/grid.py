@@ -26,6 +26,8 @@ def representation_terms() -> set[str]:
 
 
 MODES = ("serial", "parallel")
+# Where a baseline's weights come from (``Baseline.weights``).
+BASELINE_WEIGHTS = ("scratch", "teacher")
 # Frames chosen per video (``StudentVariant.selection``): the name a grid uses -> the role config of the model that
 # chooses (trained once per seed against the seed's teacher).
 SELECTIONS = {"skim": "skim-scorer"}
@@ -52,27 +54,36 @@ def trained_on_label(selection: str) -> str:
 
 @dataclass
 class Baseline:
-    """A model trained from scratch on k frames (a row of the upper half of Table 1), where a grid's ``baselines``
-    entry is more than a sampler's name.
+    """A model of k frames without a teacher's training (a row of the upper half of Table 1), where a grid's
+    ``baselines`` entry is more than a sampler's name.
 
     Args:
         sampler: the frames it is tested on, a ``FrameSampler.registry`` name (``uniform``, ``random``, ...).
         train_selection: the frames of its training batches, another such name; e.g. ``random`` under ``uniform``:
             new frames every epoch, tested on Uniform-k (the fair baseline of students trained on random frames).
+        weights: ``scratch``, a model trained from random weights on k frames; or ``teacher``, the seed's teacher
+            itself, not trained further, tested on k frames: what running the teacher on fewer frames gives, the
+            start of a student with ``encoder_from_teacher``.
     """
 
     sampler: str
     train_selection: str | None = None
+    weights: str = "scratch"
 
     @property
     def slug(self) -> str:
-        """Filesystem-safe id, e.g. ``uniform`` or ``uniform-trained-on-random``."""
+        """Filesystem-safe id, e.g. ``uniform``, ``uniform-trained-on-random`` or ``uniform-teacher-weights``."""
+        if self.weights == "teacher":
+            return f"{self.sampler}-teacher-weights"
         return self.sampler + (f"-{trained_on_tag(self.train_selection)}" if self.train_selection else "")
 
     @property
     def label(self) -> str:
-        """The report's row label, e.g. ``Uniform-k`` or ``Uniform-k (trained on Random-k)``."""
+        """The report's row label, e.g. ``Uniform-k``, ``Uniform-k (trained on Random-k)`` or ``Uniform-k (the
+        teacher, untrained)``."""
         label = BASELINES[self.sampler].label
+        if self.weights == "teacher":
+            return f"{label} (the teacher, untrained)"
         return f"{label} ({trained_on_label(self.train_selection)})" if self.train_selection else label
 
 
@@ -164,7 +175,8 @@ class Grid:
         ks: student frame counts (the table's columns; paper: 6, 10, 15, 20, 30).
         baselines: models trained from scratch on k frames, by sampler: ``uniform``, ``random``, ``first``,
             ``middle``, ``last``, ``first_middle_last``; or a ``Baseline``, e.g. ``{sampler: uniform,
-            train_selection: random}`` (trained on Random-k frames, tested on Uniform-k).
+            train_selection: random}`` (trained on Random-k frames, tested on Uniform-k) or ``{sampler: uniform,
+            weights: teacher}`` (the seed's teacher tested on Uniform-k frames).
         students: teacher-student variants (Serial/Parallel x loss set).
         seeds: one run of every cell per seed; the report averages over seeds.
         trainer: ``Trainer`` arguments set in every cell (e.g. ``max_epochs``, ``limit_train_batches``).
@@ -209,8 +221,8 @@ class Cell:
         train_sampler: the key of the sampler of its training batches, when not ``sampler``.
         variant: the teacher-student recipe, for ``serial``/``parallel`` cells.
         teacher: name of the cell whose checkpoint a serial student distils from (it must finish first).
-        trained_by: for an any-k student at its second and later k, the cell (of its first k) that trains it: this
-            cell only tests that cell's checkpoint at its own k.
+        trained_by: the cell whose checkpoint this cell only tests, at its own k: for an any-k student at its second
+            and later k, the cell of its first k; for a baseline of the teacher's weights, the seed's teacher.
         ensemble: the teacher cells, of other families, whose checkpoints join ``teacher``'s as an ensemble.
         scorer: the cell training the frame scorer whose choice of frames this student reads (``selection``).
     """
@@ -257,6 +269,16 @@ def check_grid(grid: Grid) -> None:
     unknown = [name for b in baselines for name in (b.sampler, b.train_selection) if name and name not in BASELINES]
     if unknown:
         raise ConfigError(f"unknown baselines {unknown}: choose from {', '.join(BASELINES)}")
+    for baseline in baselines:
+        if baseline.weights not in BASELINE_WEIGHTS:
+            raise ConfigError(
+                f"baseline {baseline.slug} has weights {baseline.weights!r}: choose from {', '.join(BASELINE_WEIGHTS)}"
+            )
+        if baseline.weights == "teacher" and baseline.train_selection:
+            raise ConfigError(
+                f"baseline {baseline.slug} sets train_selection, but the teacher's weights are not trained on k "
+                "frames: drop one"
+            )
     if not grid.seeds:
         raise ConfigError("the grid has no seeds: give at least one, e.g. seeds: [0]")
     slugs = [variant.slug for variant in grid.students]
@@ -393,7 +415,7 @@ def expand_grid(grid: Grid) -> list[Cell]:
     Serial students name their seed's teacher cell, whose checkpoint they distil from, and the seed's teacher cells
     of the other families they distil from as an ensemble (``_distils_from``); parallel students train their own
     teacher and depend on nothing. An any-k student is trained by its cell at the grid's first k; its
-    cells at the other ks name that one (``trained_by``).
+    cells at the other ks name that one (``trained_by``), as a baseline of the teacher's weights names the teacher.
     """
     check_grid(grid)
     cells: list[Cell] = []
@@ -412,8 +434,9 @@ def expand_grid(grid: Grid) -> list[Cell]:
         for k in grid.ks:
             for baseline in baseline_rows(grid):
                 path = base_config_paths(grid, "baseline")
+                trainer = teacher_cell(seed) if baseline.weights == "teacher" else None
                 cells.append(Cell(f"{baseline.slug}-k{k}-s{seed}", "baseline", baseline.label, k, seed, path,
-                                  sampler=baseline.sampler, train_sampler=baseline.train_selection))
+                                  sampler=baseline.sampler, train_sampler=baseline.train_selection, trained_by=trainer))
             for variant in grid.students:
                 trainer = f"{variant.slug}-k{grid.ks[0]}-s{seed}" if variant.train_ks and k != grid.ks[0] else None
                 own_teacher, ensemble = _distils_from(grid, variant, seed)

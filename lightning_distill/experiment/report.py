@@ -170,7 +170,7 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str], command: st
         "| Model | " + " | ".join(f"k={k} GAP | k={k} mAP" for k in ks) + " |",
         "|---|" + "---:|---:|" * len(ks),
     ]
-    headings = {"baseline": "Baselines (k frames, trained from scratch)", "teacher-student": "Teacher-student"}
+    headings = {"baseline": "Baselines (k frames, no distillation)", "teacher-student": "Teacher-student"}
     for kind, heading in headings.items():
         rows = [row for row in report["rows"] if row["kind"] == kind]
         if rows:

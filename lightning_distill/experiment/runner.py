@@ -181,7 +181,7 @@ def is_finished(run: CellRun, layout: ExperimentLayout) -> bool:
 
 def cell_commands(run: CellRun, layout: ExperimentLayout) -> list[list[str]]:
     """The ``vdistill`` arguments that train and test the cell, in order (only the test when another cell trains
-    its model: an any-k student's cell at a later k)."""
+    its model: an any-k student's cell at a later k, a baseline of the teacher's weights)."""
     name = run.cell.name
     fits = [["fit", "--config", str(fit.config_path), "--run_dir", str(fit.run_dir)] for fit in run.fits]
     test = [
