@@ -247,6 +247,13 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+class StartingWeights(L.Callback):
+    """Records the encoder's and head's weights as training starts: after a fit's starting weights are loaded."""
+
+    def on_train_start(self, trainer, module):
+        self.encoder, self.head = state(module.encoder), state(module.head)
+
+
 def test_serial_student_keeps_teacher_frozen_and_starts_from_its_head(teacher_ckpt, tmp_path):
     torch.manual_seed(0)
     saved = torch.load(teacher_ckpt, weights_only=True)["state_dict"]
@@ -319,17 +326,12 @@ def test_serial_student_resumes_from_its_checkpoint(teacher_ckpt, tmp_path):
     teacher_saved = torch.load(teacher_ckpt, weights_only=True)["state_dict"]
     assert not torch.equal(first_module.head.linear.weight, teacher_saved["head.linear.weight"])
 
-    started = {}
-
-    class Snapshot(L.Callback):
-        def on_train_start(self, trainer, module):
-            started.update(state(module.head))
-
-    resumed, second = make(), trainer(max_steps=4, callbacks=[Snapshot()])
+    started = StartingWeights()
+    resumed, second = make(), trainer(max_steps=4, callbacks=[started])
     second.fit(resumed, datamodule=data, ckpt_path=path, weights_only=True)
     assert second.global_step == 4
     # The resumed head is the checkpoint's, not re-initialised from the teacher's.
-    assert same(started, state(first_module.head))
+    assert same(started.head, state(first_module.head))
     teacher_now = state(resumed.teacher)
     assert all(torch.equal(teacher_now[k], v) for k, v in teacher_saved.items() if k.startswith(("encoder.", "head.")))
 
@@ -389,15 +391,10 @@ def test_two_stage_rep_recipe(teacher_ckpt, tmp_path):
         loss={"ce": ClassificationLoss()}, init_from=str(stage1_path),
     )
     assert stage2.frame_views("fit") == {"student": stage2.sampler}
-    started = {}
-
-    class Snapshot(L.Callback):
-        def on_train_start(self, trainer, module):
-            started.update(encoder=state(module.encoder), head=state(module.head))
-
-    t2 = trainer(max_steps=8, callbacks=[Snapshot()])
+    started = StartingWeights()
+    t2 = trainer(max_steps=8, callbacks=[started])
     t2.fit(stage2, datamodule=data)
-    assert same(started["encoder"], state(stage1.encoder)) and same(started["head"], state(stage1.head))
+    assert same(started.encoder, state(stage1.encoder)) and same(started.head, state(stage1.head))
     assert stage2.teacher is None
     assert ce_on(stage2, data) < ce_on(stage1, data)
 
@@ -426,16 +423,11 @@ def test_a_student_head_can_start_from_scratch_instead_of_the_teachers(teacher_c
     student = StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4),
                             loss={"pred": PredictionLoss(), "ce": ClassificationLoss()}, head_from_teacher=False)
     fresh = state(student.head)
-    started: list[dict[str, torch.Tensor]] = []
-
-    class RecordStartingHead(L.Callback):
-        def on_train_start(self, trainer, module):
-            started.append(state(module.head))
-
-    t = trainer(max_steps=1, callbacks=[RecordStartingHead()])
+    started = StartingWeights()
+    t = trainer(max_steps=1, callbacks=[started])
     t.fit(student, datamodule=TinyVideos())
     # Training started from the head's own random weights, not the teacher's.
-    assert same(started[0], fresh) and not same(started[0], teacher_head)
+    assert same(started.head, fresh) and not same(started.head, teacher_head)
     with pytest.raises(ConfigError, match="no loss term trains the head"):
         StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4),
                       loss={"rep": RepresentationLoss()}, head_from_teacher=False)
@@ -446,17 +438,12 @@ def test_a_student_encoder_can_start_from_the_teachers(teacher_ckpt, tmp_path):
     saved = torch.load(teacher_ckpt, weights_only=True)["state_dict"]
     teacher_parts = {part: {k[len(part) + 1 :]: v for k, v in saved.items() if k.startswith(part + ".")}
                      for part in ("encoder", "head")}
-    started: dict[str, dict[str, torch.Tensor]] = {}
-
-    class RecordStart(L.Callback):
-        def on_train_start(self, trainer, module):
-            started.update(encoder=state(module.encoder), head=state(module.head))
-
+    started = StartingWeights()
     torch.manual_seed(0)
     student = StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4),
                             loss={"ce": ClassificationLoss()}, encoder_from_teacher=True)
-    trainer(max_steps=2, callbacks=[RecordStart()]).fit(student, datamodule=TinyVideos())
-    assert same(started["encoder"], teacher_parts["encoder"]) and same(started["head"], teacher_parts["head"])
+    trainer(max_steps=2, callbacks=[started]).fit(student, datamodule=TinyVideos())
+    assert same(started.encoder, teacher_parts["encoder"]) and same(started.head, teacher_parts["head"])
     assert not same(state(student.encoder), teacher_parts["encoder"])  # and then it trains
 
     with pytest.raises(ConfigError, match="encoder_from_teacher is true but teacher_checkpoint is not set"):
@@ -468,8 +455,8 @@ def test_a_student_encoder_can_start_from_the_teachers(teacher_ckpt, tmp_path):
     student.trainer.save_checkpoint(stage1)
     stage2 = StudentModule(hrnn(block_length=2), NUM_CLASSES, None, sampler=UniformSampler(4),
                            loss={"ce": ClassificationLoss()}, init_from=str(stage1), encoder_from_teacher=True)
-    trainer(max_steps=1, callbacks=[RecordStart()]).fit(stage2, datamodule=TinyVideos())
-    assert same(started["encoder"], state(student.encoder))
+    trainer(max_steps=1, callbacks=[started]).fit(stage2, datamodule=TinyVideos())
+    assert same(started.encoder, state(student.encoder))
 
 
 def test_student_head_of_another_kind_is_a_config_error(teacher_ckpt):

@@ -27,6 +27,7 @@ from lightning_distill.training.losses import (
 )
 from lightning_distill.training.student import StudentModule
 from test_datamodule import _records
+from test_modules import StartingWeights, same
 from store_writer import write_frame_store
 
 SYNTHETIC_CLASSES = 8
@@ -194,18 +195,12 @@ def test_a_student_from_cached_targets_starts_from_the_teachers_encoder(syntheti
     monkeypatch.chdir(tmp_path)
     checkpoint = teacher_checkpoint("student_hrnn.yaml", synthetic_tfrecords, tmp_path)
     saved = torch.load(checkpoint, weights_only=True)["state_dict"]
-    started = {}
-
-    class RecordStart(Callback):
-        def on_train_start(self, trainer, module):
-            started.update({f"{part}.{k}": v.clone() for part in ("encoder", "head")
-                            for k, v in getattr(module, part).state_dict().items()})
-
+    started = StartingWeights()
     _, student = student_losses(checkpoint, synthetic_tfrecords, tmp_path, "cached", batch_size=64,
-                                callbacks=[RecordStart()], encoder_from_teacher=True)
+                                callbacks=[started], encoder_from_teacher=True)
     assert student.teacher is None  # the teacher's weights were kept, the teacher itself was not
-    assert started.keys() == {k for k in saved if k.startswith(("encoder.", "head."))}
-    assert all(torch.equal(started[k], saved[k]) for k in started)
+    for part, weights in {"encoder": started.encoder, "head": started.head}.items():
+        assert same(weights, {k[len(part) + 1 :]: v for k, v in saved.items() if k.startswith(f"{part}.")})
 
 
 def test_intermediate_states_keep_the_live_teacher(synthetic_tfrecords, tmp_path, monkeypatch):
