@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 from tfrecord import example_pb2
+from tfrecord import reader as tfrecord_reader
 
 from lightning_distill.data import frame_store
 from lightning_distill.data.frame_store import FrameStore
@@ -339,3 +340,26 @@ def test_real_video_level_shards(tmp_path):
         assert record.labels.tolist() == list(feature["labels"].int64_list.value)
         assert np.array_equal(record.rgb[0], np.array(feature["mean_rgb"].float_list.value, np.float32))
         assert np.array_equal(record.audio[0], np.array(feature["mean_audio"].float_list.value, np.float32))
+
+
+def test_converts_the_independent_benchmark_data_exactly(tmp_path):
+    """benchmarks/independent_data.py writes with the tfrecord package (not our code); its reader is the truth."""
+    source = tmp_path / "independent"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "independent_data.py"
+    subprocess.run([sys.executable, str(script), "--output", str(source), "--train", "6", "--validate", "1",
+                    "--test", "1", "--shards", "2", "--workers", "1"], check=True, capture_output=True)
+    result = convert(str(source / "train*.tfrecord"), tmp_path / "train.h5", num_classes=64, progress=False)
+    store = FrameStore(result.path)
+    records = [
+        record
+        for shard in sorted(source.glob("train-*.tfrecord"))
+        for record in tfrecord_reader.sequence_loader(str(shard), None)
+    ]
+    assert len(store) == len(records) == 6
+    for i, (context, features) in enumerate(records):
+        video = store[i]
+        assert video.video_id == bytes(context["id"]).decode()
+        assert video.labels.tolist() == context["labels"].tolist()
+        for name, frames in (("rgb", video.rgb), ("audio", video.audio)):
+            written = np.stack([np.frombuffer(frame, np.uint8) for frame in features[name]])
+            assert np.array_equal(frames, written)
