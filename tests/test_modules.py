@@ -515,6 +515,41 @@ def test_parallel_teacher_gets_no_gradient_from_the_student_losses():
     assert not torch.equal(head_with_student, head_teacher_only)
 
 
+def student_encoder_grad_norm(module: DistillModule) -> float:
+    return sum(float(p.grad.abs().sum()) for p in module.encoder.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("student_head", ["teacher_trained", "own"])
+def test_parallel_teacher_learns_as_alone_unless_the_head_is_shared(student_head):
+    torch.manual_seed(0)
+    module = DistillModule(
+        hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), student_head=student_head,
+        loss={"rep": RepresentationLoss(), "pred": PredictionLoss(), "ce": ClassificationLoss()},
+    )
+    teacher_head = module.head if student_head == "teacher_trained" else module.teacher_head
+    assert (teacher_head is module.head) == (student_head == "teacher_trained")
+    batch = TinyVideos().batches(module.frame_views("fit"))[0]
+    with_student = teacher_encoder_grads(module, batch, "loss")
+    teacher_head_with_student = teacher_head.linear.weight.grad.clone()
+    assert student_encoder_grad_norm(module) > 0  # the student's terms still train its encoder, through the head
+    teacher_only = teacher_encoder_grads(module, batch, "teacher/loss")
+    # Neither the teacher's encoder nor its head learns from the student's terms.
+    assert same(with_student, teacher_only)
+    assert torch.equal(teacher_head_with_student, teacher_head.linear.weight.grad)
+    if student_head == "own":  # ... and the teacher's L_CE does not reach the student's head
+        assert module.head.linear.weight.grad is None or not module.head.linear.weight.grad.any()
+
+
+def test_parallel_student_head_options():
+    # Only "own" adds a head: a shared one stays one copy under its usual name, so checkpoints are unchanged.
+    for student_head, extra in (("shared", False), ("teacher_trained", False), ("own", True)):
+        module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4),
+                               student_head=student_head)
+        assert any(name.startswith("teacher_head.") for name in module.state_dict()) == extra
+    with pytest.raises(ConfigError, match="student_head='mine' is not one of shared, teacher_trained, own"):
+        DistillModule(hrnn(), NUM_CLASSES, sampler=UniformSampler(4), student_head="mine")
+
+
 def test_parallel_logs_both_models():
     torch.manual_seed(0)
     module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_distill.data.batch import VideoBatch
 from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, UniformSampler
@@ -26,16 +27,20 @@ from lightning_distill.training.module import (
 from lightning_distill.training.outputs import ModelOutput, classify
 from lightning_distill.training.student import default_student_loss
 
+# How a Parallel student's classifier is trained (DistillModule's student_head).
+StudentHead = Literal["shared", "teacher_trained", "own"]
+STUDENT_HEADS = get_args(StudentHead)
+
 
 class DistillModule(VideoClassifierModule):
     """A teacher (all frames) and a k-frame student of the same family, trained jointly from scratch.
 
-    Both encoders feed ONE head (the paper shares the classifier). The teacher minimises L_CE on the
-    "teacher" view; the student minimises ``loss`` on the "student" view, in which every teacher output is
-    detached: no student loss sends a gradient into the teacher's encoder, so the teacher learns exactly as
-    it would alone. The shared head does learn from the student's L_CE and L_pred through the student's own
-    path (its probabilities are the head applied to the student's representation), as well as from the
-    teacher's L_CE. The minimised total is the teacher's loss plus the student's.
+    Both encoders feed ONE head (the paper shares the classifier; see ``student_head`` for the alternatives). The
+    teacher minimises L_CE on the "teacher" view; the student minimises ``loss`` on the "student" view, in which
+    every teacher output is detached: no student loss sends a gradient into the teacher's encoder. A shared head
+    does learn from the student's L_CE and L_pred through the student's own path (its probabilities are the head
+    applied to the student's representation), as well as from the teacher's L_CE. The minimised total is the
+    teacher's loss plus the student's.
 
     Logs ``train/teacher/loss``, ``train/student/loss``, ``train/student/loss/<term>`` and ``train/loss``
     (their sum); both models are evaluated: ``val/teacher/gap``, ``val/student/gap``, ... Predictions are the
@@ -56,6 +61,12 @@ class DistillModule(VideoClassifierModule):
             their weight over this many epochs, so the student does not chase a teacher that is still random;
             0: full weight from the start (the paper's setting).
         train_sampler: the student's frames in training batches; default: ``sampler`` (see ``TeacherModule``).
+        student_head: how the student's classifier is trained. ``"shared"`` (the paper's): one head, trained by
+            the teacher's and the student's terms. ``"teacher_trained"``: one head, trained by the teacher's L_CE
+            alone; the student's terms reach its encoder through the head without changing it, as a Serial student
+            starts from a head its teacher trained. ``"own"``: the teacher has a head of its own
+            (``teacher_head``), so the student's fits the k-frame representation only. With either of the last two
+            the teacher learns exactly as it would alone.
     """
 
     evaluated_roles = ("teacher", "student")
@@ -74,6 +85,7 @@ class DistillModule(VideoClassifierModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         warmup_epochs: float = 0.0,
         train_sampler: FrameSampler | None = None,
+        student_head: StudentHead = "shared",
     ) -> None:
         # A copy made before the student's encoder adapts to its k frames (H-RNN's block length).
         teacher_encoder = teacher_encoder or copy.deepcopy(encoder)
@@ -89,6 +101,11 @@ class DistillModule(VideoClassifierModule):
         self.teacher_criterion = DistillLoss({"ce": ClassificationLoss()})
         self.teacher_encoder = teacher_encoder
         self.teacher_sampler = teacher_sampler
+        if student_head not in STUDENT_HEADS:
+            raise ConfigError(f"student_head={student_head!r} is not one of {', '.join(STUDENT_HEADS)}")
+        self.student_head = student_head
+        # None unless "own", so checkpoints keep one copy of a shared head under its usual name.
+        self.teacher_head = head(teacher_encoder.output_dim, num_classes) if student_head == "own" else None
         if warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs={warmup_epochs} must be >= 0")
         self.warmup_epochs = warmup_epochs
@@ -99,9 +116,13 @@ class DistillModule(VideoClassifierModule):
         return {"teacher": self.teacher_sampler, "student": self.own_sampler(stage)}
 
     def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
-        outputs = {"student": self(batch.views["student"])}
+        if self.student_head == "teacher_trained":
+            outputs = {"student": classify(self.encoder, _without_gradient(self.head), batch.views["student"])}
+        else:
+            outputs = {"student": self(batch.views["student"])}
         if "teacher" in batch.views:
-            outputs["teacher"] = classify(self.teacher_encoder, self.head, batch.views["teacher"])
+            teacher_head = self.head if self.teacher_head is None else self.teacher_head
+            outputs["teacher"] = classify(self.teacher_encoder, teacher_head, batch.views["teacher"])
         return outputs
 
     def losses(self, outputs: dict[str, ModelOutput], labels: Tensor) -> dict[str, Tensor]:
@@ -122,3 +143,9 @@ class DistillModule(VideoClassifierModule):
             return 1.0
         epochs = self.global_step / max(self.trainer.num_training_batches, 1)
         return min(1.0, epochs / self.warmup_epochs)
+
+
+def _without_gradient(module: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``module`` as a function whose parameters get no gradient (gradients still flow through to its input)."""
+    parameters = {name: parameter.detach() for name, parameter in module.named_parameters()}
+    return lambda inputs: torch.func.functional_call(module, parameters, (inputs,))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from lightning_distill.data.batch import FrameView
 from lightning_distill.models.encoder import VideoEncoder
-from lightning_distill.models.heads import ClassifierHead
 
 
 @dataclass
@@ -36,8 +36,9 @@ class ModelOutput:
         return cls(targets["representation"], None, targets["probabilities"], None, None)
 
 
-def classify(encoder: VideoEncoder, head: ClassifierHead, view: FrameView) -> ModelOutput:
-    """Run ``encoder`` then ``head`` on one view, keeping what the loss terms need."""
+def classify(encoder: VideoEncoder, head: Callable[[Tensor], Tensor], view: FrameView) -> ModelOutput:
+    """Run ``encoder`` then ``head`` (a ``ClassifierHead``, or a function of one) on one view, keeping what the loss
+    terms need."""
     encoded = encoder(view.frames, view.mask)
     return ModelOutput(
         representation=encoded.representation,
