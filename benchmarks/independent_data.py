@@ -385,6 +385,26 @@ def _bump(length: int) -> np.ndarray:
     return np.sin(np.pi * (np.arange(length) + 0.5) / length).astype(np.float32)
 
 
+def _render(
+    rng: np.random.Generator,
+    structure: np.ndarray,
+    amplitudes: list[np.ndarray],
+    directions: list[np.ndarray],
+    drift_mix: np.ndarray,
+    drift_rho: float,
+    drift_std: float,
+    white_std: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One modality's (T, D) structure with its evidence added, and its noise (low-rank AR(1) drift + white)."""
+    if amplitudes:
+        structure = structure + np.stack(amplitudes, axis=1) @ np.stack(directions)
+    T, D = structure.shape
+    noise = _ar1(rng, T, drift_mix.shape[0], drift_rho) @ drift_mix
+    noise *= np.float32(drift_std)
+    noise += rng.standard_normal((T, D), dtype=np.float32) * np.float32(white_std)
+    return structure, noise
+
+
 @dataclass
 class Video:
     """One generated video: what is written, and what was true."""
@@ -549,11 +569,9 @@ def generate_video(rng: np.random.Generator, vocab: Vocabulary, cfg: GenConfig, 
     scenes = rng.standard_normal((n_scenes, RGB_DIM), dtype=np.float32) * np.float32(cfg.rgb_scene_std)
     shots = rng.standard_normal((S, RGB_DIM), dtype=np.float32) * np.float32(cfg.rgb_shot_std)
     structure = (shots + scenes[scene_of_shot] + g)[shot_of_t]
-    if vis_amp:
-        structure += np.stack(vis_amp, axis=1) @ np.stack(vis_dir)
-    noise = _ar1(rng, T, cfg.rgb_drift_rank, cfg.rgb_drift_rho) @ vocab.rgb_mix
-    noise *= np.float32(cfg.rgb_drift_std)
-    noise += rng.standard_normal((T, RGB_DIM), dtype=np.float32) * np.float32(cfg.rgb_white_std)
+    structure, noise = _render(
+        rng, structure, vis_amp, vis_dir, vocab.rgb_mix, cfg.rgb_drift_rho, cfg.rgb_drift_std, cfg.rgb_white_std
+    )
     rgb = vocab.rgb_mean + structure * vocab.rgb_struct_scale + noise * vocab.rgb_noise_scale
 
     # Audio: its own segmentation (sound does not cut with the picture).
@@ -561,11 +579,10 @@ def generate_video(rng: np.random.Generator, vocab: Vocabulary, cfg: GenConfig, 
     seg_vec = rng.standard_normal((len(seg_len), AUDIO_DIM), dtype=np.float32) * np.float32(cfg.audio_segment_std)
     a_g = rng.standard_normal(AUDIO_DIM, dtype=np.float32) * np.float32(cfg.audio_video_std)
     a_structure = (seg_vec + a_g)[np.repeat(np.arange(len(seg_len)), seg_len)]
-    if aud_amp:
-        a_structure += np.stack(aud_amp, axis=1) @ np.stack(aud_dir)
-    a_noise = _ar1(rng, T, cfg.audio_drift_rank, cfg.audio_drift_rho) @ vocab.audio_mix
-    a_noise *= np.float32(cfg.audio_drift_std)
-    a_noise += rng.standard_normal((T, AUDIO_DIM), dtype=np.float32) * np.float32(cfg.audio_white_std)
+    a_structure, a_noise = _render(
+        rng, a_structure, aud_amp, aud_dir, vocab.audio_mix, cfg.audio_drift_rho, cfg.audio_drift_std,
+        cfg.audio_white_std,
+    )
     audio = vocab.audio_mean + a_structure * vocab.audio_struct_scale + a_noise * vocab.audio_noise_scale
 
     if not annotated:  # YT8M train/validate videos always have a label: keep the most popular true one
