@@ -31,7 +31,7 @@ def chosen_frames(sampler: KFrameSampler, store: FrameStore, videos: np.ndarray)
     lengths = torch.from_numpy(np.minimum(store.lengths[videos], MAX_FRAMES))
     if isinstance(sampler, ScoredSampler):
         every = store.read_frames(videos, AllFramesSampler().indices(lengths).numpy())
-        return sampler.indices_from_frames(lengths, torch.from_numpy(every)).tolist()
+        return sampler.indices_from_frames(lengths, torch.from_numpy(sampler.columns_of(every))).tolist()
     return sampler.indices(lengths).tolist()
 
 

@@ -508,7 +508,7 @@ def test_students_that_read_a_skims_frames_wait_for_their_seeds_scorer(tmp_path)
     assert scorer.base_configs == (REPO / "configs" / "role" / "skim-scorer.yaml",)
     config = cell_configs(scorer, grid, layout, dict(FILES))[-1].config
     assert config["model"]["init_args"]["ensemble_teachers"] == [str(layout.checkpoint("teacher-s1"))]
-    assert config["model"]["init_args"]["encoder"]["class_path"] == "lightning_distill.models.skim.AudioSkimEncoder"
+    assert config["model"]["init_args"]["encoder"]["class_path"] == "lightning_distill.models.skim.SkimEncoder"
     assert config["trainer"]["max_epochs"] == load_config(scorer.base_configs[0])["trainer"]["max_epochs"] != 3
     student = cells["serial-rep_pred_ce-skim-k10-s1"]
     assert student.waits_for == ["teacher-s1", "skim-s1"] and student.sampler is None
@@ -519,16 +519,42 @@ def test_students_that_read_a_skims_frames_wait_for_their_seeds_scorer(tmp_path)
     assert cells["serial-rep_pred_ce-k10-s1"].sampler == "uniform" and cells["serial-rep_pred_ce-k10-s1"].scorer is None
 
 
+def test_a_skim_of_other_features_is_a_scorer_of_its_own_shared_by_its_students(tmp_path):
+    low_rank = {"rgb_dims": 32, "audio_dims": 16}
+    rows = [StudentVariant("serial", ["rep", "pred", "ce"], selection="skim"),
+            StudentVariant("serial", ["rep", "pred", "ce"], selection="skim", scorer=low_rank),
+            StudentVariant("serial", ["pred", "ce"], selection="skim", scorer=dict(reversed(low_rank.items())))]
+    grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6], seeds=[0], students=rows)
+    layout = ExperimentLayout(tmp_path)
+    cells = {cell.name: cell for cell in expand_grid(grid)}
+    assert sorted(name for name in cells if name.startswith("skim")) == ["skim-audio_dims16-rgb_dims32-s0", "skim-s0"]
+    scorer = cells["skim-audio_dims16-rgb_dims32-s0"]
+    assert scorer.method == "Skim of audio_dims 16, rgb_dims 32 (frame scorer)" != cells["skim-s0"].method
+    encoder = cell_configs(scorer, grid, layout, dict(FILES))[-1].config["model"]["init_args"]["encoder"]
+    assert encoder["init_args"] == {"hidden": 16, **low_rank}
+    assert "rgb_dims" not in cell_configs(cells["skim-s0"], grid, layout, dict(FILES))[-1].config["model"][
+        "init_args"]["encoder"].get("init_args", {})
+    for name in ["serial-rep_pred_ce-skim-audio_dims16-rgb_dims32-k6-s0", "serial-pred_ce-skim-audio_dims16-rgb_dims32-k6-s0"]:
+        assert cells[name].scorer == scorer.name
+    assert cells["serial-rep_pred_ce-skim-k6-s0"].scorer == "skim-s0"
+    with pytest.raises(ConfigError, match="sets scorer but no selection"):
+        expand_grid(Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6],
+                         students=[StudentVariant("serial", ["ce"], scorer=low_rank)]))
+
+
 def test_the_report_charges_frames_chosen_per_video_for_the_choice(configs, tmp_path):
     (configs / "role" / "skim-scorer.yaml").write_text("{}\n")
     grid = make_grid(configs, seeds=[0], baselines=["uniform"], ks=[6, 30],
-                     students=[StudentVariant("serial", ["pred", "ce"], selection="skim")])
+                     students=[StudentVariant("serial", ["pred", "ce"], selection="skim"),
+                               StudentVariant("serial", ["pred", "ce"], selection="skim", scorer={"rgb_dims": 8})])
     cells = expand_grid(grid)
     layout = ExperimentLayout(tmp_path / "run")
     for cell in cells:
         metrics = {"test/gap": 0.6, "test/map_all_classes": 0.3}
         if cell.scorer:
             metrics.update({"test/gap": 0.7, "test/selection_frames": 20.5, "test/selection_gflops": 0.003})
+        if cell.role == "skim-scorer":
+            metrics["test/gap"] = 0.2 if cell.encoder else 0.1
         fabricate_cell(layout, cell.name, metrics)
     costs = [
         CostEntry("Teacher", 300, {"params": 10, "macs_per_video": 5e8, "flops_per_video": 1e9, "videos_per_s": 50.0}),
@@ -536,13 +562,16 @@ def test_the_report_charges_frames_chosen_per_video_for_the_choice(configs, tmp_
         CostEntry("k=30", 30, {"params": 10, "macs_per_video": 5e7, "flops_per_video": 1e8, "videos_per_s": 400.0}),
     ]
     report = write_report(layout, grid, cells, costs, command="vdistill experiment")
-    assert report["frame_scorer"]["cells"] == ["skim-s0"]
+    assert {method: scorer["cells"] for method, scorer in report["frame_scorers"].items()} == {
+        "Audio skim (frame scorer)": ["skim-s0"], "Skim of rgb_dims 8 (frame scorer)": ["skim-rgb_dims8-s0"]}
     by_read = {s.label: s for s in method_series(report, {6: 6.0, 30: 30.0}, "selection_frames")}
     assert by_read["Serial L_pred, L_CE (skim)"].x == [26.5, 50.5] and by_read["Uniform-k"].x == [6.0, 30.0]
     by_flops = {s.label: s for s in method_series(report, {6: 0.02, 30: 0.1}, "selection_gflops")}
     assert by_flops["Serial L_pred, L_CE (skim)"].x == pytest.approx([0.023, 0.103])
     markdown = layout.report_md.read_text()
     assert "| Serial L_pred, L_CE (skim) | 6 | 26.5 | 0.0230 | 0.700 |" in markdown
+    assert "Audio skim (frame scorer), every frame, as a classifier: GAP 0.100." in markdown
+    assert "Skim of rgb_dims 8 (frame scorer), every frame, as a classifier: GAP 0.200." in markdown
     assert report["figures"]["GAP vs frames read (the choice of frames included)"] == "gap_vs_frames_read.png"
     assert (layout.root / "gap_vs_frames_read.png").read_bytes().startswith(PNG_SIGNATURE)
 

@@ -1,4 +1,4 @@
-"""Frames chosen per video by an audio skim: the segment rule, what the skim reads, the loader, the command line."""
+"""Frames chosen per video by a skim: the segment rule, what the skim reads, the loader, the command line."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from lightning_distill.data.loading import BatchRequest, VideoBatchDataset
 from lightning_distill.data.samplers import AllFramesSampler, ScoredSampler, UniformSampler
 from lightning_distill.data.yt8m import AUDIO_DIM, FEATURE_DIM, RGB_DIM
 from lightning_distill.errors import ConfigError
-from lightning_distill.models.skim import AudioSkimEncoder
+from lightning_distill.models.skim import SkimEncoder
 from lightning_distill.training.skim_sampler import SkimSampler
 
 
@@ -36,11 +36,24 @@ class GivenScores(ScoredSampler):
 class FirstAudioFeature(ScoredSampler):
     """Scores each frame by its first audio feature as stored: what a test can recompute from the store."""
 
-    columns = slice(RGB_DIM, None)
+    columns = (slice(RGB_DIM, None),)
 
     def scores(self, frames, mask):
         assert frames.shape[2] == AUDIO_DIM  # only the columns it asked for were read
         return frames[..., 0].float().masked_fill(~mask, float("-inf"))
+
+    def selection_cost(self, lengths):
+        return {}
+
+
+class SecondRgbPlusFirstAudio(ScoredSampler):
+    """Scores each frame by its rgb feature 1 plus its audio feature 0 as stored, read as two slices."""
+
+    columns = (slice(0, 2), slice(RGB_DIM, RGB_DIM + 1))
+
+    def scores(self, frames, mask):
+        assert frames.shape[2] == 3  # the two slices side by side, nothing else
+        return (frames[..., 1].float() + frames[..., 2].float()).masked_fill(~mask, float("-inf"))
 
     def selection_cost(self, lengths):
         return {}
@@ -70,27 +83,65 @@ def test_a_content_sampler_cannot_choose_without_the_frames():
 
 def test_the_skim_reads_only_audio_and_ignores_padding():
     torch.manual_seed(0)
-    skim = AudioSkimEncoder(hidden=8).eval()
+    skim = SkimEncoder(hidden=8).eval()
     frames = torch.randn(2, 12, FEATURE_DIM)
     mask = torch.arange(12) < torch.tensor([[12], [7]])
     other_rgb = frames.clone()
     other_rgb[..., :RGB_DIM] = torch.randn(2, 12, RGB_DIM)
-    scores = skim.frame_scores(frames, mask)
-    assert torch.equal(scores, skim.frame_scores(other_rgb, mask))
+    assert torch.equal(skim.skimmed(frames), frames[..., RGB_DIM:])
+    scores = skim.frame_scores(skim.skimmed(frames), mask)
+    assert torch.equal(scores, skim.frame_scores(skim.skimmed(other_rgb), mask))
     assert torch.isinf(scores[1, 7:]).all() and torch.isfinite(scores[1, :7]).all()
     # Padding changes neither the pooled representation nor the real frames' scores.
     alone = skim(frames[1:, :7], mask[1:, :7]).representation
     assert torch.allclose(skim(frames, mask).representation[1:], alone)
-    assert torch.allclose(scores[1, :7], skim.frame_scores(frames[1:, :7], mask[1:, :7])[0])
+    assert torch.allclose(scores[1, :7], skim.frame_scores(frames[1:, :7, RGB_DIM:], mask[1:, :7])[0])
     assert skim.flops_per_frame() == 2 * (AUDIO_DIM * 8 + 8 * 8)
     # A frame scaled as a whole (the default joint L2 normalisation divides audio by the rgb's size too) scores the
     # same, so the skim can score raw audio alone.
     scaled = frames * torch.rand(2, 12, 1).add(0.1)
-    assert torch.allclose(skim.frame_scores(scaled, mask), scores, atol=1e-5)
-    assert torch.allclose(skim.frame_scores(frames[..., RGB_DIM:], mask), scores)
+    assert torch.allclose(skim.frame_scores(skim.skimmed(scaled), mask), scores, atol=1e-5)
 
 
-def test_a_scored_view_reads_what_it_scores_of_every_frame_then_its_best_frames_whole(synthetic_tfrecords, tmp_path,
+def test_a_low_rank_skim_reads_the_leading_features_of_each_modality():
+    torch.manual_seed(0)
+    skim = SkimEncoder(hidden=8, rgb_dims=3, audio_dims=2).eval()
+    assert skim.columns == (slice(0, 3), slice(RGB_DIM, RGB_DIM + 2))
+    frames = torch.randn(2, 12, FEATURE_DIM)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    skimmed = skim.skimmed(frames)
+    assert torch.equal(skimmed, torch.cat([frames[..., :3], frames[..., RGB_DIM : RGB_DIM + 2]], dim=-1))
+    scores = skim.frame_scores(skimmed, mask)
+    unread = frames.clone()
+    unread[..., 3:RGB_DIM] = torch.randn(2, 12, RGB_DIM - 3)
+    unread[..., RGB_DIM + 2 :] = torch.randn(2, 12, AUDIO_DIM - 2)
+    assert torch.equal(skim.frame_scores(skim.skimmed(unread), mask), scores)
+    read = frames.clone()
+    read[..., 0] += 5
+    assert not torch.allclose(skim.frame_scores(skim.skimmed(read), mask), scores)
+    # Each modality's slice is scaled to unit length on its own, so scaling a whole frame changes nothing.
+    scaled = frames * torch.rand(2, 12, 1).add(0.1)
+    assert torch.allclose(skim.frame_scores(skim.skimmed(scaled), mask), scores, atol=1e-5)
+    assert torch.allclose(skim(frames, mask).representation, skim(scaled, mask).representation, atol=1e-5)
+    assert skim.flops_per_frame() == 2 * (5 * 8 + 8 * 8)
+    assert SkimEncoder(rgb_dims=4, audio_dims=0).columns == (slice(0, 4),)
+
+
+@pytest.mark.parametrize("dims", [{"rgb_dims": 0, "audio_dims": 0}, {"rgb_dims": 1025}, {"audio_dims": -1}])
+def test_a_skim_must_read_some_features_of_a_frame(dims):
+    with pytest.raises(ConfigError, match=r"SkimEncoder\(rgb_dims=.*read 0\.\.1024 rgb and 0\.\.128 audio features"):
+        SkimEncoder(**dims)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "widths", "score"),
+    [
+        (FirstAudioFeature, [AUDIO_DIM], lambda frames: frames[:, RGB_DIM]),
+        (SecondRgbPlusFirstAudio, [2, 1], lambda frames: frames[:, 1].astype(int) + frames[:, RGB_DIM]),
+    ],
+)
+def test_a_scored_view_reads_what_it_scores_of_every_frame_then_its_best_frames_whole(sampler, widths, score,
+                                                                                    synthetic_tfrecords, tmp_path,
                                                                                     monkeypatch):
     from lightning_distill.data.convert import convert
 
@@ -98,7 +149,7 @@ def test_a_scored_view_reads_what_it_scores_of_every_frame_then_its_best_frames_
     convert(sorted(synthetic_tfrecords.glob("test*.tfrecord")), store_path)
     store = FrameStore(store_path)
     videos = np.arange(len(store))
-    dataset = VideoBatchDataset(store, videos, {"student": FirstAudioFeature(4)}, max_frames=300)
+    dataset = VideoBatchDataset(store, videos, {"student": sampler(4)}, max_frames=300)
     reads = []
     read = FrameStore.read_frames
 
@@ -109,21 +160,22 @@ def test_a_scored_view_reads_what_it_scores_of_every_frame_then_its_best_frames_
 
     monkeypatch.setattr(FrameStore, "read_frames", counting)
     batch = dataset[BatchRequest(positions=list(range(len(store))), seed=0)]
-    # The audio of every frame, then the 4 chosen frames of each video whole: what selection_cost charges for.
-    assert reads == [(int(store.lengths.sum()), AUDIO_DIM), (4 * len(store), FEATURE_DIM)]
+    # What it scores of every frame, then the 4 chosen frames of each video whole: what selection_cost charges for.
+    every = int(store.lengths.sum())
+    assert reads == [*[(every, width) for width in widths], (4 * len(store), FEATURE_DIM)]
     # Beside a view of every frame (a live teacher's), that one read serves both.
-    both = VideoBatchDataset(store, videos, {"teacher": AllFramesSampler(), "student": FirstAudioFeature(4)}, 300)
+    both = VideoBatchDataset(store, videos, {"teacher": AllFramesSampler(), "student": sampler(4)}, 300)
     reads.clear()
     with_teacher = both[BatchRequest(positions=list(range(len(store))), seed=0)]
-    assert reads == [(int(store.lengths.sum()), FEATURE_DIM)]
+    assert reads == [(every, FEATURE_DIM)]
     assert torch.equal(with_teacher.views["student"].positions, batch.views["student"].positions)
     assert torch.equal(with_teacher.views["student"].frames, batch.views["student"].frames)
     monkeypatch.undo()
     for row, video in enumerate(videos):
         length = int(store.lengths[video])
-        audio = store.read_frames(np.array([video]), np.arange(length)[None])[0, :, RGB_DIM]
+        scores = score(store.read_frames(np.array([video]), np.arange(length)[None])[0])
         bounds = [i * length // 4 for i in range(5)]
-        expected = [start + int(np.argmax(audio[start:end])) for start, end in zip(bounds, bounds[1:])]
+        expected = [start + int(np.argmax(scores[start:end])) for start, end in zip(bounds, bounds[1:])]
         assert batch.views["student"].positions[row].tolist() == expected
         chosen = store.read_frames(np.array([video]), np.array([expected]))[0]
         assert np.array_equal(batch.views["student"].frames[row].numpy(), chosen)
@@ -136,7 +188,7 @@ def test_the_skim_sampler_refuses_a_missing_or_foreign_checkpoint(tmp_path, synt
         patch.chdir(tmp_path)
         netvlad = teacher_checkpoint("student_netvlad.yaml", synthetic_tfrecords, tmp_path)
     sampler = SkimSampler(6, str(netvlad))
-    with pytest.raises(ConfigError, match="not an AudioSkimEncoder"):
+    with pytest.raises(ConfigError, match="not a SkimEncoder"):
         sampler.scorer()
     copy = pickle.loads(pickle.dumps(sampler))  # for loader workers: the setting, not a loaded scorer
     assert repr(copy) == repr(sampler) and copy._scorer is None
@@ -162,10 +214,28 @@ def test_the_command_line_trains_a_skim_and_a_student_that_reads_its_frames(synt
     assert 0 < logged["test/gap"] <= 1
     # Choosing is paid for: the skim on every frame and the audio of the frames not chosen, per test video.
     lengths = np.minimum(FrameStore(tmp_path / "stores" / "test.h5").lengths, 40)
-    skim = AudioSkimEncoder(hidden=16)
+    skim = SkimEncoder(hidden=16)
     assert logged["test/selection_gflops"] == pytest.approx(lengths.mean() * skim.flops_per_frame() / 1e9, rel=1e-5)
     assert logged["test/selection_frames"] == pytest.approx((lengths - 4).mean() * AUDIO_DIM / FEATURE_DIM, rel=1e-5)
     # A scorer that is not a skim is refused in one line, naming the file.
     foreign = sampler.replace(str(scorer), str(teacher))
     message = run_error(["test", f"--config={student}", *data, f"--ckpt_path={checkpoint}", foreign], capsys)
-    assert str(teacher) in message and "not an AudioSkimEncoder" in message
+    assert str(teacher) in message and "not a SkimEncoder" in message
+
+    # A low-rank skim (leading rgb and audio features) is charged for the features it reads of the frames not chosen.
+    low_rank = "--model.init_args.encoder.init_args={rgb_dims: 8, audio_dims: 8}"
+    run_ok(["fit", f"--config={CONFIGS / 'tiny' / 'skim_scorer.yaml'}", *data, *short,
+            f"--model.init_args.ensemble_teachers=[{teacher}]", low_rank, "--run_name=low_rank"])
+    (low_rank_scorer,) = tmp_path.glob("runs/tiny/low_rank/latest/checkpoints/last.ckpt")
+    run_ok(["test", f"--config={student}", *data, f"--ckpt_path={checkpoint}",
+            sampler.replace(str(scorer), str(low_rank_scorer))])
+    logged = json.loads(max(tmp_path.glob("runs/tiny/student_netvlad_k4/test_*/test_metrics.json")).read_text())
+    assert logged["test/selection_frames"] == pytest.approx((lengths - 4).mean() * 16 / FEATURE_DIM, rel=1e-5)
+    # Trained on rgb rescaled feature by feature, it would score raw rgb otherwise than it learned: refused.
+    run_ok(["fit", f"--config={CONFIGS / 'tiny' / 'skim_scorer.yaml'}", *data, *short,
+            f"--model.init_args.ensemble_teachers=[{teacher}]", low_rank, "--run_name=whitened",
+            "--data.normalization=lightning_distill.data.normalization.ReverseWhitening"])
+    (whitened,) = tmp_path.glob("runs/tiny/whitened/latest/checkpoints/last.ckpt")
+    message = run_error(["test", f"--config={student}", *data, f"--ckpt_path={checkpoint}",
+                         sampler.replace(str(scorer), str(whitened))], capsys)
+    assert str(whitened) in message and "ReverseWhitening" in message and "FrameL2Normalization" in message

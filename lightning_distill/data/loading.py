@@ -193,9 +193,10 @@ class VideoBatchDataset(Dataset[VideoBatch]):
             if not isinstance(sampler, ScoredSampler):
                 continue
             if full is not None:
-                seen = full[..., sampler.columns]
+                seen = sampler.columns_of(full)
             else:  # only the features scoring needs, of every frame
-                seen = self.store.read_frames(videos, AllFramesSampler().indices(lengths).numpy(), sampler.columns)
+                every = AllFramesSampler().indices(lengths).numpy()
+                seen = np.concatenate([self.store.read_frames(videos, every, part) for part in sampler.columns], axis=-1)
             indices[name] = sampler.indices_from_frames(lengths, torch.from_numpy(seen))
         if full is None:
             return {name: self.store.read_frames(videos, index.numpy()) for name, index in indices.items()}

@@ -23,6 +23,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -255,10 +256,11 @@ class ScoredSampler(KFrameSampler, ABC):
         k: frames kept per video.
 
     Attributes:
-        columns: the features of every frame that scoring reads (all 1152 unless a subclass needs fewer).
+        columns: the features of every frame that scoring reads, as slices of its 1152 (all unless a subclass needs
+            fewer); ``scores`` gets them side by side, in this order.
     """
 
-    columns: ClassVar[slice] = slice(None)
+    columns: tuple[slice, ...] = (slice(None),)
 
     @abstractmethod
     def scores(self, frames: Tensor, mask: Tensor) -> Tensor:
@@ -275,6 +277,10 @@ class ScoredSampler(KFrameSampler, ABC):
             f"{self!r} chooses frames from their content: use it as a data module view (vdistill fit/test), "
             "which reads every frame to score them"
         )
+
+    def columns_of(self, frames: np.ndarray) -> np.ndarray:
+        """(B, T, 1152) whole frames -> (B, T, F) the ``columns`` that ``scores`` reads, side by side."""
+        return np.concatenate([frames[..., columns] for columns in self.columns], axis=-1)
 
     def indices_from_frames(self, lengths: Tensor, frames: Tensor) -> Tensor:
         """(B,) lengths, (B, T, F) the ``columns`` of every frame (T >= max length; as stored) -> (B, k) sorted

@@ -117,6 +117,8 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
     shared = {"model": {"init_args": model}, "data": data}
     if cell.k is not None:
         shared = deep_merge(shared, grid.k_overrides.get(cell.k, {}))
+    if cell.encoder:
+        shared = deep_merge(shared, {"model": {"init_args": {"encoder": {"init_args": cell.encoder}}}})
     config = deep_merge(base, shared)
     config.pop("run_name", None)  # the runner names the run directory itself
     if cell.variant is not None:

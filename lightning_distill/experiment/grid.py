@@ -28,15 +28,28 @@ def representation_terms() -> set[str]:
 MODES = ("serial", "parallel")
 # Where a baseline's weights come from (``Baseline.weights``).
 BASELINE_WEIGHTS = ("scratch", "teacher")
+# A piece of a cell's config (trainer or data settings, overrides), kept as plain YAML: typed ``dict[str, Any]``,
+# jsonargparse would instantiate each ``{class_path, init_args}`` inside it (a sampler, a callback), and a cell's
+# config file could not hold the object.
+ConfigPart = dict
+
 # Frames chosen per video (``StudentVariant.selection``): the name a grid uses -> the role config of the model that
 # chooses (trained once per seed against the seed's teacher).
 SELECTIONS = {"skim": "skim-scorer"}
 SCORER_METHOD = "Audio skim (frame scorer)"
 
-# A piece of a cell's config (trainer or data settings, overrides), kept as plain YAML: typed ``dict[str, Any]``,
-# jsonargparse would instantiate each ``{class_path, init_args}`` inside it (a sampler, a callback), and a cell's
-# config file could not hold the object.
-ConfigPart = dict
+
+def scorer_name(selection: str, scorer: ConfigPart) -> str:
+    """The id of a frame scorer trained with encoder settings ``scorer``: the selection's name, then the settings
+    in key order, e.g. ``skim`` or ``skim-audio_dims32-rgb_dims32``."""
+    return "-".join([selection, *(f"{key}{value}" for key, value in sorted(scorer.items()))])
+
+
+def scorer_method(scorer: ConfigPart) -> str:
+    """The report's label of a frame scorer trained with encoder settings ``scorer``."""
+    if not scorer:
+        return SCORER_METHOD
+    return f"Skim of {', '.join(f'{key} {value}' for key, value in sorted(scorer.items()))} (frame scorer)"
 
 # The data module arguments that say where the data is; synthetic data fills them in.
 DATA_FILE_KEYS = ("train_files", "val_files", "test_files")
@@ -110,6 +123,10 @@ class StudentVariant:
         selection: frames chosen per video instead of Uniform-k (Serial only): ``skim``, the best frame of each of k
             segments by an audio skim (``SkimSampler``), which the grid trains per seed against that seed's teacher
             (cell ``skim-s<seed>``). Without a tag the variant is tagged with the selection's name.
+        scorer: init_args of the frame scorer's encoder (``SkimEncoder``) for ``selection``, e.g. ``{rgb_dims: 32,
+            audio_dims: 32}``: a skim of the leading rgb and audio features instead of all the audio. Variants with
+            equal settings share one scorer per seed (cell ``skim-audio_dims32-rgb_dims32-s<seed>``); without a tag
+            the variant is tagged with that scorer's id.
         train_selection: the frames of the student's training batches (a ``FrameSampler.registry`` name, e.g.
             ``random``: new frames every epoch), tested on Uniform-k; Serial or Parallel. Without a tag the variant
             is tagged ``trained-on-<name>``.
@@ -124,6 +141,7 @@ class StudentVariant:
     train_ks: list[int] | None = None
     teachers: list[str] | None = None
     selection: str | None = None
+    scorer: ConfigPart = field(default_factory=dict)
     train_selection: str | None = None
 
     def __post_init__(self) -> None:
@@ -132,7 +150,7 @@ class StudentVariant:
         if self.teachers and not self.tag:
             self.tag = self._teachers_tag
         if self.selection and not self.tag:
-            self.tag = self.selection
+            self.tag = scorer_name(self.selection, self.scorer)
         if self.train_selection and not self.tag:
             self.tag = trained_on_tag(self.train_selection)
 
@@ -225,6 +243,7 @@ class Cell:
             and later k, the cell of its first k; for a baseline of the teacher's weights, the seed's teacher.
         ensemble: the teacher cells, of other families, whose checkpoints join ``teacher``'s as an ensemble.
         scorer: the cell training the frame scorer whose choice of frames this student reads (``selection``).
+        encoder: init_args of the cell's encoder over its base configs' (a frame scorer's settings).
     """
 
     name: str
@@ -240,6 +259,7 @@ class Cell:
     trained_by: str | None = None
     ensemble: tuple[str, ...] = ()
     scorer: str | None = None
+    encoder: ConfigPart = field(default_factory=dict)
 
     @property
     def waits_for(self) -> list[str]:
@@ -335,6 +355,8 @@ def _check_variant(variant: StudentVariant) -> None:
                 f"{variant.slug} sets selection: its frame scorer learns from a trained teacher, so use mode serial "
                 "(and no train_ks: an any-k student draws Uniform frames)"
             )
+    elif variant.scorer:
+        raise ConfigError(f"{variant.slug} sets scorer but no selection: add selection: skim, or drop scorer")
     if variant.train_selection is not None:
         if variant.train_selection not in BASELINES:
             raise ConfigError(
@@ -363,13 +385,15 @@ def baseline_rows(grid: Grid) -> list[Baseline]:
 def _roles(grid: Grid) -> list[str]:
     """The roles whose base configs the grid uses."""
     roles = ["teacher"] + (["baseline"] if grid.baselines else [])
-    roles += sorted({SELECTIONS[selection] for selection in selections(grid)})
+    roles += sorted({SELECTIONS[selection] for selection, _ in selections(grid)})
     return roles + sorted({variant.mode for variant in grid.students})
 
 
-def selections(grid: Grid) -> list[str]:
-    """The frame selections (``SELECTIONS`` keys) some student variant reads by, in order."""
-    return list(dict.fromkeys(variant.selection for variant in grid.students if variant.selection))
+def selections(grid: Grid) -> list[tuple[str, ConfigPart]]:
+    """The frame selections (``SELECTIONS`` keys) some student variant reads by, with their scorers' settings, in
+    order, each once."""
+    chosen = {scorer_name(v.selection, v.scorer): (v.selection, v.scorer) for v in grid.students if v.selection}
+    return list(chosen.values())
 
 
 def base_config_paths(grid: Grid, role: str, family: str | None = None) -> tuple[Path, ...]:
@@ -383,9 +407,10 @@ def base_config_paths(grid: Grid, role: str, family: str | None = None) -> tuple
     return tuple(parts + ([root / grid.data_config] if grid.data_config else []))
 
 
-def scorer_cell(seed: int, selection: str) -> str:
-    """The name of the cell training seed ``seed``'s frame scorer for ``selection``, e.g. ``skim-s0``."""
-    return f"{selection}-s{seed}"
+def scorer_cell(seed: int, selection: str, scorer: ConfigPart) -> str:
+    """The name of the cell training seed ``seed``'s frame scorer for ``selection`` with encoder settings
+    ``scorer``, e.g. ``skim-s0``."""
+    return f"{scorer_name(selection, scorer)}-s{seed}"
 
 
 def teacher_cell(seed: int, family: str | None = None) -> str:
@@ -425,12 +450,12 @@ def expand_grid(grid: Grid) -> list[Cell]:
         for family in other_teacher_families(grid):
             paths = base_config_paths(grid, "teacher", family)
             cells.append(Cell(teacher_cell(seed, family), "teacher", teacher_method(family), None, seed, paths))
-        for selection in selections(grid):
+        for selection, scorer in selections(grid):
             role = SELECTIONS[selection]
             paths = base_config_paths(grid, role)
             # The scorer is a student of the teacher of no family of its own: an ensemble of one, so no head is copied.
-            cells.append(Cell(scorer_cell(seed, selection), role, SCORER_METHOD, None, seed, paths,
-                              ensemble=(teacher_cell(seed),)))
+            cells.append(Cell(scorer_cell(seed, selection, scorer), role, scorer_method(scorer), None, seed, paths,
+                              ensemble=(teacher_cell(seed),), encoder=scorer))
         for k in grid.ks:
             for baseline in baseline_rows(grid):
                 path = base_config_paths(grid, "baseline")
@@ -455,7 +480,7 @@ def expand_grid(grid: Grid) -> list[Cell]:
                         teacher=own_teacher,
                         trained_by=trainer,
                         ensemble=ensemble,
-                        scorer=scorer_cell(seed, variant.selection) if variant.selection else None,
+                        scorer=scorer_cell(seed, variant.selection, variant.scorer) if variant.selection else None,
                     )
                 )
     return cells

@@ -17,7 +17,7 @@ from typing import Any
 import wandb
 
 from lightning_distill.experiment.grid import (
-    SCORER_METHOD,
+    SELECTIONS,
     TEACHER_METHOD,
     Cell,
     Grid,
@@ -132,7 +132,10 @@ def build_report(
             teacher_method(family): aggregate(by_method[(teacher_method(family), None)], metrics)
             for family in other_teacher_families(grid)
         },
-        "frame_scorer": aggregate(by_method.get((SCORER_METHOD, None), []), metrics),
+        "frame_scorers": {
+            method: aggregate(by_method[(method, None)], metrics)
+            for method in dict.fromkeys(cell.method for cell in cells if cell.role in SELECTIONS.values())
+        },
         "rows": rows,
         "cost": [
             {"model": c.model, "frames": c.frames, **c.profile, "gflops_per_video": c.profile["flops_per_video"] / 1e9}
@@ -186,9 +189,8 @@ def render_markdown(report: dict[str, Any], figures: dict[str, str], command: st
     ]
     for method, other in report.get("other_teachers", {}).items():
         lines += [f"{method}, all frames: GAP {_format(other, 'gap')}, mAP {_format(other, 'map_all_classes')}.", ""]
-    if report.get("frame_scorer"):
-        scorer = report["frame_scorer"]
-        lines += [f"{SCORER_METHOD}, every frame's audio, as a classifier: GAP {_format(scorer, 'gap')}.", ""]
+    for method, scorer in report.get("frame_scorers", {}).items():
+        lines += [f"{method}, every frame, as a classifier: GAP {_format(scorer, 'gap')}.", ""]
     lines += _selection_lines(report)
     if report["cost"]:
         lines += _cost_lines(report["cost"])

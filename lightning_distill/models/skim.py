@@ -1,61 +1,91 @@
-"""A skim of every frame's audio that says which frames are worth reading in full (frames chosen per video).
+"""A skim of a few features of every frame that says which frames are worth reading in full (frames chosen per
+video).
 
-``AudioSkimEncoder`` looks only at the 128 audio features of each frame: a small per-frame network, then a max
-over the video's frames (multiple-instance learning: a video has a label if some frame shows it). Trained as a
-student of the all-frames teacher (its probabilities through L_pred, the labels through L_CE, see
-``configs/role/skim-scorer.yaml``), each of its features learns to fire on the frames that evidence some label.
-``frame_scores`` then ranks a video's frames by how far one of those features rises above its level over the
-whole video, which ranks the moments that stand out above what is present all along (a vertical's constant
-evidence, the scene), and intro and end-screen frames low. ``training/skim_sampler.SkimSampler`` reads the
-best-scoring frame of each of k segments in full.
+``SkimEncoder`` looks at a cheap slice of each frame: its leading ``audio_dims`` audio features (all 128 by
+default: the audio skim) and its leading ``rgb_dims`` rgb features (none by default). YouTube-8M's features are PCA
+components in order of variance, so a modality's leading features are a low-rank summary of it, stored with every
+frame already. A small per-frame network runs on the slice, then a max over the video's frames (multiple-instance
+learning: a video has a label if some frame shows it). Trained as a student of the all-frames teacher (its
+probabilities through L_pred, the labels through L_CE, see ``configs/role/skim-scorer.yaml``), each of its features
+learns to fire on the frames that evidence some label. ``frame_scores`` then ranks a video's frames by how far one
+of those features rises above its level over the whole video, which ranks the moments that stand out above what is
+present all along (a vertical's constant evidence, the scene), and intro and end-screen frames low.
+``training/skim_sampler.SkimSampler`` reads the best-scoring frame of each of k segments in full.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_distill.data.yt8m import AUDIO_DIM, FEATURE_DIM
+from lightning_distill.data.yt8m import AUDIO_DIM, FEATURE_DIM, RGB_DIM
+from lightning_distill.errors import ConfigError
 from lightning_distill.models.encoder import EncoderOutput, VideoEncoder
 
 
-class AudioSkimEncoder(VideoEncoder):
-    """Per-frame audio features (two layers, ReLU), max-pooled over the real frames.
+class SkimEncoder(VideoEncoder):
+    """Per-frame features of a slice of each frame (two layers, ReLU), max-pooled over the real frames.
 
     Representation: the pooled features, (B, hidden). No intermediate states.
 
     Args:
         hidden: features per frame (and the representation's size).
-        input_dim: D, features per frame the data gives (rgb then audio); only the last ``audio_dim`` are read.
-        audio_dim: trailing features of a frame that are audio.
+        rgb_dims: leading rgb features of a frame that the skim reads (0: none).
+        audio_dims: leading audio features of a frame that the skim reads (0: none).
+        input_dim: D, features per frame the data gives (1024 rgb, then 128 audio).
     """
 
-    def __init__(self, hidden: int = 16, input_dim: int = FEATURE_DIM, audio_dim: int = AUDIO_DIM) -> None:
+    def __init__(
+        self, hidden: int = 16, rgb_dims: int = 0, audio_dims: int = AUDIO_DIM, input_dim: int = FEATURE_DIM
+    ) -> None:
         super().__init__()
+        if not (0 <= rgb_dims <= RGB_DIM and 0 <= audio_dims <= AUDIO_DIM and rgb_dims + audio_dims > 0):
+            raise ConfigError(
+                f"SkimEncoder(rgb_dims={rgb_dims}, audio_dims={audio_dims}): read 0..{RGB_DIM} rgb and 0..{AUDIO_DIM} "
+                "audio features, at least one"
+            )
         self.input_dim = input_dim
-        self.audio_dim = audio_dim
+        self.rgb_dims = rgb_dims
+        self.audio_dims = audio_dims
         self.hidden = hidden
         self.output_dim = hidden
-        self.layers = nn.Sequential(nn.Linear(audio_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.layers = nn.Sequential(
+            nn.Linear(rgb_dims + audio_dims, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
 
-    def frame_features(self, frames: Tensor) -> Tensor:
-        """(B, T, D) frames (or their last ``audio_dim`` features alone) -> (B, T, hidden) features of each frame's
-        audio, scaled to unit length first: the data normalisations scale a frame's audio as a whole (the default
-        joint L2 norm by the rgb's size too), so the features, and the scores, depend on the audio alone, which is all
-        that ``SkimSampler`` reads."""
-        return self.layers(F.normalize(frames[..., -self.audio_dim :].float(), dim=-1))
+    @property
+    def columns(self) -> tuple[slice, ...]:
+        """The features of a frame that the skim reads, as slices of its FEATURE_DIM, in order."""
+        parts = (slice(0, self.rgb_dims), slice(RGB_DIM, RGB_DIM + self.audio_dims))
+        return tuple(part for part in parts if part.stop > part.start)
+
+    def skimmed(self, frames: Tensor) -> Tensor:
+        """(B, T, D) whole frames -> (B, T, rgb_dims + audio_dims): the ``columns`` that the skim reads."""
+        return torch.cat([frames[..., part] for part in self.columns], dim=-1)
+
+    def frame_features(self, skimmed: Tensor) -> Tensor:
+        """(B, T, rgb_dims + audio_dims) skimmed frames -> (B, T, hidden) features of each frame.
+
+        Each modality's slice is scaled to unit length first: the data normalisations that the scorer accepts scale
+        a frame as a whole (the default joint L2 norm) or leave it, so the features, and the scores, depend on the
+        slice alone, which is all that ``SkimSampler`` reads.
+        """
+        parts = skimmed.float().split([self.rgb_dims, self.audio_dims], dim=-1)
+        return self.layers(torch.cat([F.normalize(part, dim=-1) for part in parts], dim=-1))
 
     def forward(self, frames: Tensor, mask: Tensor) -> EncoderOutput:
-        features = self.frame_features(frames).masked_fill(~mask[..., None], float("-inf"))
+        features = self.frame_features(self.skimmed(frames)).masked_fill(~mask[..., None], float("-inf"))
         # ReLU features are >= 0, so an all-padding row (never given) would be the only source of -inf.
         return EncoderOutput(representation=features.amax(dim=1).clamp(min=0))
 
-    def frame_scores(self, frames: Tensor, mask: Tensor) -> Tensor:
-        """(B, T, D) frames, (B, T) mask -> (B, T) how much each frame stands out: the largest rise of one of its
-        features above that feature's mean over the video's real frames; -inf at padding."""
-        features = self.frame_features(frames)
+    def frame_scores(self, skimmed: Tensor, mask: Tensor) -> Tensor:
+        """(B, T, rgb_dims + audio_dims) skimmed frames, (B, T) mask -> (B, T) how much each frame stands out: the
+        largest rise of one of its features above that feature's mean over the video's real frames; -inf at
+        padding."""
+        features = self.frame_features(skimmed)
         real = mask[..., None].to(features.dtype)
         mean = (features * real).sum(dim=1, keepdim=True) / real.sum(dim=1, keepdim=True).clamp(min=1)
         return (features - mean).amax(dim=2).masked_fill(~mask, float("-inf"))
@@ -65,15 +95,21 @@ class AudioSkimEncoder(VideoEncoder):
         return sum(2 * m.in_features * m.out_features for m in self.layers if isinstance(m, nn.Linear))
 
     def architecture(self) -> dict[str, Any]:
-        return {"family": "AudioSkim", "hidden": self.hidden, "input_dim": self.input_dim, "audio_dim": self.audio_dim}
+        return {
+            "family": "Skim",
+            "hidden": self.hidden,
+            "rgb_dims": self.rgb_dims,
+            "audio_dims": self.audio_dims,
+            "input_dim": self.input_dim,
+        }
 
     @classmethod
-    def tiny(cls, **overrides: Any) -> AudioSkimEncoder:
+    def tiny(cls, **overrides: Any) -> SkimEncoder:
         """The same sizes: the skim is small already (16 features per frame)."""
         return cls(**overrides)
 
     def extra_repr(self) -> str:
-        return f"hidden={self.hidden}, audio_dim={self.audio_dim}"
+        return f"hidden={self.hidden}, rgb_dims={self.rgb_dims}, audio_dims={self.audio_dims}"
 
 
-__all__ = ["AudioSkimEncoder"]
+__all__ = ["SkimEncoder"]
