@@ -402,11 +402,15 @@ def test_an_any_k_student_is_trained_once_per_seed_and_tested_at_every_k(tmp_pat
     variant = StudentVariant("serial", ["pred", "ce"], train_ks=[6, 9, 12], module={"teacher_targets": "live"})
     grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6, 12, 30], baselines=[], students=[variant])
     layout = ExperimentLayout(tmp_path)
+    order = [cell.name for cell in expand_grid(grid)]
     cells = {cell.name: cell for cell in expand_grid(grid)}
+    # Every cell comes after the cells it waits for (the runner's fingerprints include theirs).
+    assert all(order.index(name) < order.index(cell.name) for cell in cells.values() for name in cell.waits_for)
     assert variant.label == "Serial L_pred, L_CE (any-k)"
-    trainer = cells["serial-pred_ce-any-k-k6-s0"]
+    # Trained (and validated, for early stopping) at the largest k, where training converges last.
+    trainer = cells["serial-pred_ce-any-k-k30-s0"]
     assert trainer.trained_by is None and trainer.waits_for == ["teacher-s0"]
-    for k in (12, 30):
+    for k in (6, 12):
         cell = cells[f"serial-pred_ce-any-k-k{k}-s0"]
         assert cell.trained_by == trainer.name and cell.waits_for == ["teacher-s0", trainer.name]
         run = CellRun(cell, cell_configs(cell, grid, layout, dict(FILES)), "f")
@@ -420,7 +424,7 @@ def test_an_any_k_student_is_trained_once_per_seed_and_tested_at_every_k(tmp_pat
         assert init_args["teacher_targets"] == "live"  # the variant's module settings
     first = CellRun(trainer, cell_configs(trainer, grid, layout, dict(FILES)), "f")
     assert [command[0] for command in cell_commands(first, layout)] == ["fit", "test"]
-    # Its one checkpoint serves every k: the last weights, not the best at the grid's first k.
+    # Its one checkpoint serves every k: the last weights, not the best at the grid's largest k.
     (checkpoint,) = [c for c in first.fits[-1].config["trainer"]["callbacks"] if "ModelCheckpoint" in c["class_path"]]
     assert checkpoint["init_args"]["monitor"] is None and checkpoint["init_args"]["filename"] == "best"
 
@@ -589,12 +593,12 @@ def test_cells_start_only_after_the_cells_they_wait_for(tmp_path, monkeypatch):
         started.append(run.cell.name)
         layout.cell_dir(run.cell.name).mkdir(parents=True, exist_ok=True)
         write_json_atomic(layout.done(run.cell.name), {"fingerprint": run.fingerprint})
-        return run.cell.name != "serial-ce-any-k-k6-s0", 1.0  # the any-k trainer fails
+        return run.cell.name != "serial-ce-any-k-k12-s0", 1.0  # the any-k trainer fails
 
     monkeypatch.setattr(runner, "execute_cell", execute)
     failed = run_cells(runs, layout, [Slot({}, []), Slot({}, [])])
     # The cell testing the failed trainer's checkpoint is skipped, not run.
     assert sorted(failed) == ["serial-ce-any-k-k12-s0", "serial-ce-any-k-k6-s0"]
-    assert "serial-ce-any-k-k12-s0" not in started
+    assert "serial-ce-any-k-k6-s0" not in started
     assert started[0] == "teacher-s0" and set(started) == {"teacher-s0", "uniform-k6-s0", "uniform-k12-s0",
-                                                         "serial-ce-any-k-k6-s0"}
+                                                         "serial-ce-any-k-k12-s0"}
