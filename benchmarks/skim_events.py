@@ -6,7 +6,9 @@ for Uniform-k and for ``SkimSampler`` with a trained skim, side by side on the s
 
     python benchmarks/skim_events.py --experiment runs/skim-netvlad --scorer skim-s0 --ks 6 10 30
 
-(or ``--data DIR --store STORE.h5 --scorer_checkpoint CKPT`` outside an experiment.)
+(or ``--data DIR --store STORE.h5 --scorer_checkpoint CKPT`` outside an experiment.) On the data set of
+``benchmarks/independent_data.py``, ``--truth DIR/truth-test.jsonl`` reads its localised evidence instead: the spans
+of the video's annotated labels (short shots, audio bursts, the scenes of order and combination labels).
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ def events_hit(sampler: KFrameSampler, store: FrameStore, events: dict[str, list
     return hit / total
 
 
+def read_events(path: Path, independent: bool) -> dict[str, list[list[int]]]:
+    """Video id -> its [label, first frame, end frame) events: from our generator's ``<split>_events.jsonl``, or
+    (``independent``) from ``truth-<split>.jsonl``, whose spans end at their last frame and may belong to labels
+    left unannotated (dropped: the metrics count annotated labels)."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    if not independent:
+        return {record["id"]: record["events"] for record in records}
+    return {
+        record["id"]: [[label, first, last + 1] for label, first, last in record["spans"] if label in record["labels"]]
+        for record in records
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", type=Path, help="a finished vdistill experiment with a skim (selection: skim)")
@@ -57,13 +72,13 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="the split's frame store (default: <data>/stores/test.h5)")
     parser.add_argument("--scorer_checkpoint", type=Path, help="the skim (default: the experiment's skim cell)")
     parser.add_argument("--split", default="test", help="the split whose events are counted")
+    parser.add_argument("--truth", type=Path, help="truth-<split>.jsonl of benchmarks/independent_data.py instead")
     parser.add_argument("--ks", type=int, nargs="+", default=[6, 10, 30])
     args = parser.parse_args()
     data = args.data or args.experiment / "data"
     store = FrameStore(args.store or data / "stores" / f"{args.split}.h5")
     checkpoint = args.scorer_checkpoint or args.experiment / "cells" / args.scorer / "fit" / "checkpoints" / "best.ckpt"
-    lines = (data / f"{args.split}_events.jsonl").read_text().splitlines()
-    events = {record["id"]: record["events"] for record in map(json.loads, lines)}
+    events = read_events(args.truth or data / f"{args.split}_events.jsonl", independent=args.truth is not None)
     results = {}
     print(f"(video, label) pairs whose events the frames read hit, {args.split} split, {len(store)} videos")
     for k in args.ks:
