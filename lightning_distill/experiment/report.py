@@ -267,8 +267,8 @@ def _selection_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         "## Frames chosen per video: what the choice costs",
         "",
-        "Frames read: the k chosen frames plus the features read to choose them (the audio of every other frame), "
-        "in frames of 1152 features. GFLOPs: the k-frame network (cost table) plus the choice.",
+        "Frames read: the k chosen frames plus the features read to choose them (the skimmed features of every other "
+        "frame), in frames of 1152 features. GFLOPs: the k-frame network (cost table) plus the choice.",
         "",
         "| Model | k | frames read | GFLOPs per video | GAP |",
         "|---|---:|---:|---:|---:|",
