@@ -138,9 +138,9 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
         trainer = {key: value for key, value in grid.trainer.items() if key != "max_epochs"}
     settings = with_run_settings(config, cell.name, cell.seed, grid, trainer)
     if cell.variant is not None and cell.variant.train_ks:
-        # One checkpoint serves every k: the best by validation at the cell's one k (the grid's largest) would
-        # favour that k (measured: tiny NetVLAD's any-k students kept epoch 2 of 4, best at k = 6, and lost 0.02
-        # GAP at k = 30), so an any-k student keeps its last weights.
+        # One checkpoint serves every k: the best by validation at the cell's one k would favour that k (measured
+        # when it was the grid's first: tiny NetVLAD's any-k students kept epoch 2 of 4, best at k = 6, and lost
+        # 0.02 GAP at k = 30), so an any-k student keeps its last weights.
         checkpoint = settings["trainer"]["callbacks"][-1]
         checkpoint["init_args"] = {**checkpoint.get("init_args", {}), "monitor": None}
     final = FitRun(layout.config(cell.name), layout.fit_dir(cell.name), settings)
