@@ -33,7 +33,8 @@ def chosen_frames(sampler: KFrameSampler, store: FrameStore, videos: np.ndarray)
     lengths = torch.from_numpy(np.minimum(store.lengths[videos], MAX_FRAMES))
     if isinstance(sampler, ScoredSampler):
         every = store.read_frames(videos, AllFramesSampler().indices(lengths).numpy())
-        return sampler.indices_from_frames(lengths, torch.from_numpy(sampler.columns_of(every))).tolist()
+        skimmed = sampler.side_by_side(lambda columns: every[..., columns])
+        return sampler.indices_from_frames(lengths, torch.from_numpy(skimmed)).tolist()
     return sampler.indices(lengths).tolist()
 
 

@@ -193,10 +193,10 @@ class VideoBatchDataset(Dataset[VideoBatch]):
             if not isinstance(sampler, ScoredSampler):
                 continue
             if full is not None:
-                seen = sampler.columns_of(full)
+                seen = sampler.side_by_side(lambda columns: full[..., columns])
             else:  # only the features scoring needs, of every frame
                 every = AllFramesSampler().indices(lengths).numpy()
-                seen = np.concatenate([self.store.read_frames(videos, every, part) for part in sampler.columns], axis=-1)
+                seen = sampler.side_by_side(lambda columns: self.store.read_frames(videos, every, columns))
             indices[name] = sampler.indices_from_frames(lengths, torch.from_numpy(seen))
         if full is None:
             return {name: self.store.read_frames(videos, index.numpy()) for name, index in indices.items()}

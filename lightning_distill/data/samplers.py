@@ -21,6 +21,7 @@ In YAML a sampler is chosen by class path::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -278,9 +279,11 @@ class ScoredSampler(KFrameSampler, ABC):
             "which reads every frame to score them"
         )
 
-    def columns_of(self, frames: np.ndarray) -> np.ndarray:
-        """(B, T, 1152) whole frames -> (B, T, F) the ``columns`` that ``scores`` reads, side by side."""
-        return np.concatenate([frames[..., columns] for columns in self.columns], axis=-1)
+    def side_by_side(self, read: Callable[[slice], np.ndarray]) -> np.ndarray:
+        """(B, T, F) the ``columns`` that ``scores`` reads, side by side, each got by ``read(columns)`` (a slice of
+        whole frames, or a read from the store). A single slice is returned as read: no copy on the loader's path."""
+        parts = [read(columns) for columns in self.columns]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
     def indices_from_frames(self, lengths: Tensor, frames: Tensor) -> Tensor:
         """(B,) lengths, (B, T, F) the ``columns`` of every frame (T >= max length; as stored) -> (B, k) sorted
