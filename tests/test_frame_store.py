@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import multiprocessing
 import pickle
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from lightning_distill.data.frame_store import FrameStore
+from lightning_distill.data import frame_store
 from lightning_distill.data.frame_store import FORMAT
 from lightning_distill.data.video_record import VideoRecord
 from lightning_distill.errors import DataError
@@ -187,3 +189,42 @@ def test_opening_something_else_is_a_data_error(tmp_path):
         f["frames"] = np.zeros((1, 1152), np.uint8)
     with pytest.raises(DataError, match="unfinished.h5: not a finished frame store"):
         FrameStore(tmp_path / "unfinished.h5")
+
+
+def test_scattered_frames_ask_the_kernel_for_exactly_their_pages(store_path, videos, monkeypatch):
+    """Read-ahead around a fault would read a video's neighbouring frames too: a k-frame read asks for the pages
+    its rows' bytes lie on, in runs over small gaps, and nothing else."""
+    store = FrameStore(store_path)
+    reader = store._frames()
+    asked = []
+    reader._scattered_map = type("Recorder", (), {"madvise": lambda self, *advice: asked.append(advice)})()
+    with h5py.File(store_path, "r") as f:
+        start = f["frames"].id.get_offset()
+    row_bytes, page = 1152, mmap.PAGESIZE
+    gap = 2  # pages; the store is too small for the real one to leave two runs
+    monkeypatch.setattr(frame_store, "_ASK_GAP_PAGES", gap)
+    # Video 2's frame 3 (10 kept of its 12), video 0's frame 0, video 4's frame 7 twice: store rows 9, 0, 26, 26.
+    out = store.read_frames(np.array([2, 0, 4]), np.array([[3, 3], [0, 0], [7, 7]]))
+    assert np.array_equal(out, np.stack([joint(videos[v])[[f, f]] for v, f in ((2, 3), (0, 0), (4, 7))]))
+    # By hand: the pages each row's bytes touch, in runs that continue over gaps of up to `gap` pages.
+    pages = sorted({p for row in (0, 9, 26) for p in range((start + row * row_bytes) // page,
+                                                                (start + (row + 1) * row_bytes - 1) // page + 1)})
+    runs = []
+    for p in pages:
+        if runs and p <= runs[-1][1] + gap:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    # Rows far enough apart to be asked for apart, and rows whose pages are not adjacent asked for as one run.
+    assert len(runs) > 1 and sum(b - a + 1 for a, b in runs) > len(pages)
+    assert asked == [(mmap.MADV_WILLNEED, a * page, (b - a + 1) * page) for a, b in runs]
+    # Only the audio columns: the pages of those bytes alone.
+    asked.clear()
+    store.read_frames(np.array([4]), np.array([[7, 7]]), slice(1024, None))
+    first, last = start + 26 * row_bytes + 1024, start + 27 * row_bytes - 1
+    assert asked == [(mmap.MADV_WILLNEED, first // page * page, (last // page - first // page + 1) * page)]
+    # Frames close together (most share a run with another): read-ahead reads about what asking would, so nothing
+    # is asked.
+    asked.clear()
+    close = store.read_frames(np.array([2]), np.array([[0, 1, 2, 3, 5]]))
+    assert asked == [] and np.array_equal(close[0], joint(videos[2])[[0, 1, 2, 3, 5]])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -239,3 +240,39 @@ def test_the_command_line_trains_a_skim_and_a_student_that_reads_its_frames(synt
     message = run_error(["test", f"--config={student}", *data, f"--ckpt_path={checkpoint}",
                          sampler.replace(str(scorer), str(whitened))], capsys)
     assert str(whitened) in message and "ReverseWhitening" in message and "FrameL2Normalization" in message
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_the_data_module_scores_from_the_skimmed_features_kept_apart(synthetic_tfrecords, tmp_path, monkeypatch,
+                                                                      num_workers):
+    from lightning_distill.data.datamodule import YT8MDataModule
+    from lightning_distill.data.normalization import NoNormalization
+
+    def first_batch(skims_apart: bool):
+        data = YT8MDataModule(test_files=str(synthetic_tfrecords / "test*.tfrecord"), store_dir=str(tmp_path),
+                              num_workers=num_workers, reader_threads=0, normalization=NoNormalization(),
+                              views={"student": FirstAudioFeature(4)}, skims_apart=skims_apart)
+        data.prepare_data()
+        data.setup("test")
+        return next(iter(data.test_dataloader()))
+
+    from_the_store = first_batch(False)
+    assert not list(tmp_path.glob("test.columns-*.h5"))
+    # Kept apart, the skim reads the audio from its own file (the store's rows only for the chosen frames) and
+    # chooses, and reads, the same frames.
+    sources = []
+    source = FrameStore._source
+
+    def recording(self, columns):
+        found = source(self, columns)
+        sources.append(type(found[0]).__name__)
+        return found
+
+    monkeypatch.setattr(FrameStore, "_source", recording)
+    kept_apart = first_batch(True)
+    (columns,) = tmp_path.glob("test.columns-*.h5")
+    assert h5py.File(columns, "r")["frames"].shape[1] == AUDIO_DIM
+    assert torch.equal(kept_apart.views["student"].positions, from_the_store.views["student"].positions)
+    assert torch.equal(kept_apart.views["student"].frames, from_the_store.views["student"].frames)
+    if num_workers == 0:
+        assert sources == ["ColumnStore", "_FrameReader"]  # every frame's audio, then the 4 chosen frames whole

@@ -17,15 +17,17 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_distill.data.batch import FrameView, VideoBatch
+from lightning_distill.data.column_store import open_column_store
 from lightning_distill.data.convert import convert, resolve_inputs
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.loading import ThreadedDataLoader, VideoBatchDataset, VideoBatchSampler
 from lightning_distill.data.normalization import FeatureNormalizer, FrameL2Normalization, dequantize_frames
-from lightning_distill.data.samplers import FrameSampler
+from lightning_distill.data.samplers import FrameSampler, ScoredSampler
 from lightning_distill.data.target_cache import TargetCache, build_target_cache, cache_key
 from lightning_distill.data.yt8m import MAX_FRAMES
 from lightning_distill.data.tfrecord_reader import detect_format
@@ -78,6 +80,10 @@ class YT8MDataModule(L.LightningDataModule):
         verify_crc: check every record's CRC32C while converting TFRecords.
         convert_workers: processes converting shards in parallel.
         views: view name -> sampler for every stage; default: ask the LightningModule (``frame_views``).
+        skims_apart: keep the features a frame-scoring sampler (``SkimSampler``) reads of every frame in a file
+            beside the store, built once (``data/column_store.py``; its size: the skimmed share of the store's), so
+            that scoring reads only them from disk. False reads them from the store's rows, which hold all 1152
+            features of a frame side by side: every frame's bytes are read.
     """
 
     def __init__(
@@ -98,6 +104,7 @@ class YT8MDataModule(L.LightningDataModule):
         verify_crc: bool = True,
         convert_workers: int = 1,
         views: dict[str, FrameSampler] | None = None,
+        skims_apart: bool = True,
     ) -> None:
         super().__init__()
         # With more ranks than evaluation batches some ranks evaluate nothing; their metrics still sync.
@@ -115,6 +122,7 @@ class YT8MDataModule(L.LightningDataModule):
         self.verify_crc = verify_crc
         self.convert_workers = convert_workers
         self.views = views
+        self.skims_apart = skims_apart
         self._num_classes = num_classes  # resolved lazily by the num_classes property
         self._configured_classes = num_classes  # what conversion is told: None lets it detect the source version
         self._stores: dict[str, FrameStore] = {}
@@ -281,6 +289,7 @@ class YT8MDataModule(L.LightningDataModule):
         ranks: dict[str, int],
         targets: Sequence[TargetCache] = (),
     ) -> ThreadedDataLoader:
+        self._keep_skims_apart(store, views)
         return ThreadedDataLoader(
             VideoBatchDataset(store, videos, views, self.max_frames, targets),
             reader_threads=self.reader_threads,
@@ -290,6 +299,18 @@ class YT8MDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _keep_skims_apart(self, store: FrameStore, views: dict[str, FrameSampler]) -> None:
+        """Have ``store`` read the features its views' scoring samplers skim from a column store (see
+        ``skims_apart``), unless a view reads every frame whole anyway (the loader then skims those)."""
+        if not self.skims_apart or any(sampler.k is None for sampler in views.values()):
+            return
+        for sampler in views.values():
+            if isinstance(sampler, ScoredSampler):
+                columns, built = open_column_store(store, sampler.columns)
+                if store.keep_apart(columns):
+                    action = f"built in {columns.build_seconds:.1f} s" if built else "reused"
+                    rank_zero_info(f"skimmed features: {columns.width} per frame read from {columns.path} ({action})")
 
     def _views(self, stage: str) -> dict[str, FrameSampler]:
         if self.views is not None:

@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import crc32c
 import h5py
@@ -64,6 +65,9 @@ FORMAT = "vdistill-frame-store/2"
 READABLE_FORMATS = ("vdistill-frame-store/1", FORMAT)
 DTYPES = {"frame": np.dtype(np.uint8), "video": np.dtype(np.float32)}
 _WRITE_BLOCK = 4 << 20
+# Scattered rows' pages at most this many pages apart are asked for as one run, the gap included: a disk reads a
+# few KiB more in the same request about as fast, and one call per run is cheaper than one per frame.
+_ASK_GAP_PAGES = 4
 
 
 class FrameStore:
@@ -95,12 +99,14 @@ class FrameStore:
         self.lengths: np.ndarray = np.diff(self._offsets)
         self.dtype = DTYPES[self.level]
         self._reader: _FrameReader | None = None
+        self._apart: list[RowSource] = []
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path}
+        return {"path": self.path, "apart": self._apart}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"])
+        self._apart = state["apart"]
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -164,7 +170,7 @@ class FrameStore:
         width = len(range(FEATURE_DIM)[columns])
         if padding.all():
             return np.zeros((*frames.shape, width), self.dtype)
-        reader = self._frames()
+        reader, columns = self._source(columns)
         starts = self._offsets[videos] + frames[:, 0]
         counts = (~padding).sum(axis=1)
         if _consecutive_runs(frames, padding):
@@ -180,6 +186,20 @@ class FrameStore:
         out = reader.gather(rows.ravel(), columns).reshape(*frames.shape, width)
         out[padding] = 0
         return out
+
+    def rows(self, start: int, stop: int, columns: slice = slice(None)) -> np.ndarray:
+        """A copy of rows [start, stop) of ``frames`` (every video's frames back to back, see the module docstring),
+        their ``columns`` only; always read from the store itself."""
+        return np.array(self._frames().rows(start, stop, columns))
+
+    def keep_apart(self, source: RowSource) -> bool:
+        """Read the columns ``source`` holds from it from now on (a ``ColumnStore`` of this store), not from the
+        store, whose rows hold every feature side by side; returns False (and ignores it) when a source of the same
+        columns is kept already."""
+        if any(kept.columns == source.columns for kept in self._apart):
+            return False
+        self._apart.append(source)
+        return True
 
     def fingerprint(self) -> str:
         """A hash of the store's content: its videos' frame counts and checksums (format 2), else its file's
@@ -213,6 +233,15 @@ class FrameStore:
         if progress is not None:
             progress(len(self) % 1024)
         return bad
+
+    def _source(self, columns: slice) -> tuple[RowSource | _FrameReader, slice]:
+        """Where ``columns`` are read from: a source kept apart that holds them all, with their place in its rows,
+        else the store."""
+        for source in self._apart:
+            inside = source.locate(columns)
+            if inside is not None:
+                return source, inside
+        return self._frames(), columns
 
     def _frames(self) -> _FrameReader:
         # A handle opened before a fork must not be shared with the child: HDF5 handles are per process.
@@ -249,20 +278,50 @@ class FrameStore:
         return videos % max(n, 1)
 
 
+class RowSource(Protocol):
+    """Some ``columns`` of every row of a store's ``frames``, in the store's row order, read like ``_FrameReader``."""
+
+    columns: tuple[slice, ...]
+
+    def locate(self, columns: slice) -> slice | None:
+        """Where the store's ``columns`` lie in this source's rows; None if it does not hold them all."""
+
+    def rows(self, start: int, stop: int, columns: slice) -> np.ndarray:
+        """Rows [start, stop), their ``columns`` (in this source's numbering)."""
+
+    def gather(self, rows: np.ndarray, columns: slice) -> np.ndarray:
+        """A copy of the given rows' ``columns`` (in this source's numbering), any order."""
+
+
 class _FrameReader:
-    """This process's handle on the frames: a memory map when the dataset is contiguous, else h5py."""
+    """This process's handle on the frames: memory maps when the dataset is contiguous, else h5py.
+
+    Two maps of the same bytes (one page cache). Runs of consecutive rows (teacher views, whole videos) are read
+    through one with the kernel's default read-ahead. On a page fault the kernel reads up to 128 KiB around the
+    page, so k scattered frames of videos not in the page cache would read most of their pages from disk:
+    Uniform-6 frames read the whole store. So scattered rows far apart (k-frame views) are first asked for, exactly
+    their pages (``MADV_WILLNEED``, all of a batch's reads going to the disk at once), then read through a map
+    advised ``MADV_RANDOM`` (a page not yet read when touched is read alone). ``python benchmarks/skim_io.py``,
+    4,000 videos of 30-300 frames, not in the page cache: Uniform-6 reads 23% of the store, and sooner;
+    Uniform-30's frames lie close enough to be read as before (see ``_ask_for``). In the page cache, asking costs
+    about 2 us per frame.
+    """
 
     def __init__(self, path: Path, dtype: np.dtype, total_frames: int) -> None:
         self.pid = os.getpid()
         self._file = h5py.File(path, "r")
         self._dataset = self._file["frames"]
-        offset = self._dataset.id.get_offset()
+        self._offset = self._dataset.id.get_offset()
+        self._row_bytes = FEATURE_DIM * dtype.itemsize
         # get_offset() is None for chunked/compressed layouts and for an empty (never allocated) dataset.
-        self._memmap = (
-            np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(total_frames, FEATURE_DIM)).view(np.ndarray)
-            if offset is not None and total_frames
-            else None
-        )
+        self._memmap = self._scattered = self._scattered_map = None
+        if self._offset is not None and total_frames:
+            shape = (total_frames, FEATURE_DIM)
+            self._memmap = _rows_of(_map(path), dtype, self._offset, shape)
+            self._scattered_map = _map(path)
+            if hasattr(mmap, "MADV_RANDOM"):
+                self._scattered_map.madvise(mmap.MADV_RANDOM)
+            self._scattered = _rows_of(self._scattered_map, dtype, self._offset, shape)
 
     def rows(self, start: int, stop: int, columns: slice = slice(None)) -> np.ndarray:
         """Rows [start, stop) (their ``columns``): a view of the memory map (copy it to keep it), or an array read by
@@ -273,15 +332,40 @@ class _FrameReader:
 
     def gather(self, rows: np.ndarray, columns: slice = slice(None)) -> np.ndarray:
         """A (len(rows), F) copy of the given rows' ``columns`` (any order, repeats allowed)."""
-        if self._memmap is not None:
+        if self._scattered is not None:
+            mapped = self._scattered if self._ask_for(rows, columns) else self._memmap
             if columns == slice(None):
-                return np.take(self._memmap, rows, axis=0)
-            return self._memmap[rows, columns]
+                return np.take(mapped, rows, axis=0)
+            return mapped[rows, columns]
         if not len(rows):
             return np.zeros((0, len(range(FEATURE_DIM)[columns])), self._dataset.dtype)
         # h5py needs increasing, unique indices.
         unique, inverse = np.unique(rows, return_inverse=True)
         return self._dataset[unique, columns][inverse]
+
+    def _ask_for(self, rows: np.ndarray, columns: slice) -> bool:
+        """Have the kernel read the pages that hold these rows' ``columns`` now, in runs (see ``_ASK_GAP_PAGES``), and
+        return True; or return False, asking nothing, when the rows lie so close that most share a run with another
+        (k = 30 of 300 frames): read-ahead then reads about the same pages, and costs nothing once they are cached,
+        where asking costs a lookup per page of every run."""
+        kept = range(FEATURE_DIM)[columns]
+        if not hasattr(mmap, "MADV_WILLNEED") or not len(rows) or not len(kept):
+            return False
+        low, high = min(kept[0], kept[-1]), max(kept[0], kept[-1])
+        itemsize = self._row_bytes // FEATURE_DIM
+        unique = np.unique(rows)
+        first = self._offset + unique * self._row_bytes + low * itemsize
+        pages = first // mmap.PAGESIZE
+        last = (first + (high - low + 1) * itemsize - 1) // mmap.PAGESIZE
+        # A new run starts at a row whose first page is more than _ASK_GAP_PAGES beyond every earlier row's last.
+        reach = np.maximum.accumulate(last)
+        starts = np.flatnonzero(np.r_[True, pages[1:] > reach[:-1] + _ASK_GAP_PAGES])
+        if 2 * len(starts) < len(unique):
+            return False
+        ends = np.r_[starts[1:], len(pages)] - 1
+        for start, end in zip(pages[starts].tolist(), reach[ends].tolist()):
+            self._scattered_map.madvise(mmap.MADV_WILLNEED, start * mmap.PAGESIZE, (end - start + 1) * mmap.PAGESIZE)
+        return True
 
 
 @dataclass
@@ -413,6 +497,17 @@ def contiguous_dataset(f: h5py.File, name: str, shape: tuple[int, ...], dtype: n
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
     return f.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
+
+
+def _map(path: Path) -> mmap.mmap:
+    """The whole file, mapped read-only (the map outlives the descriptor)."""
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _rows_of(whole: mmap.mmap, dtype: np.dtype, offset: int, shape: tuple[int, int]) -> np.ndarray:
+    """The read-only (rows, features) array of ``dtype`` at byte ``offset`` of a mapped file."""
+    return np.frombuffer(whole, dtype, count=shape[0] * shape[1], offset=offset).reshape(shape)
 
 
 def _put_rows(rows: np.ndarray, rgb: np.ndarray, audio: np.ndarray) -> None:
