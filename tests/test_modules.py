@@ -578,6 +578,37 @@ def test_parallel_warm_up_grows_the_teacher_comparing_terms_from_zero():
         DistillModule(hrnn(), NUM_CLASSES, sampler=UniformSampler(4), warmup_epochs=-1)
 
 
+def test_a_parallel_student_that_starts_later_leaves_the_teacher_alone_until_then():
+    torch.manual_seed(0)
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen.append((module._teacher_terms_scale(), [p.detach().clone() for p in module.encoder.parameters()]))
+
+    module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), warmup_epochs=1,
+                           student_start_epoch=1)
+    start = [p.detach().clone() for p in module.teacher_encoder.parameters()]
+    t = trainer(max_steps=6, callbacks=[Record()])  # 3 batches an epoch
+    t.fit(module, datamodule=TinyVideos())
+    scales, student = zip(*seen)
+    # Epoch 0: the student's encoder does not move; the teacher's does. The warm-up counts from the student's start.
+    def equal(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    assert all(equal(weights, student[0]) for weights in student[:4])
+    assert not equal(student[3], student[5])
+    assert not equal(start, [p.detach() for p in module.teacher_encoder.parameters()])
+    assert scales == pytest.approx([0, 0, 0, 0, 1 / 3, 2 / 3])
+    # Before it starts its loss is logged but not minimised: the total is the teacher's alone.
+    batch = TinyVideos().batches(module.frame_views("fit"))[0]
+    module.trainer.fit_loop.epoch_progress.current.completed = 0
+    losses = module.losses(module.model_step(batch), batch.labels)
+    assert losses["loss"] == losses["teacher/loss"] and losses["student/loss"] > 0
+    with pytest.raises(ConfigError, match="student_start_epoch=-1"):
+        DistillModule(hrnn(), NUM_CLASSES, sampler=UniformSampler(4), student_start_epoch=-1)
+
+
 class Diverging(LossTerm):
     """A term whose value is infinite, as a far too large weight or learning rate would make it."""
 

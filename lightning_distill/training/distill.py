@@ -58,8 +58,13 @@ class DistillModule(VideoClassifierModule):
         optimizer: builds one optimiser over both encoders and the head.
         lr_scheduler: builds a per-epoch learning-rate schedule, or None for a constant rate.
         warmup_epochs: the student's terms that compare with the teacher (L_rep, L_pred) grow linearly from 0 to
-            their weight over this many epochs, so the student does not chase a teacher that is still random;
-            0: full weight from the start (the paper's setting).
+            their weight over this many epochs from the student's start, so the student does not chase a teacher
+            that is still random; 0: full weight from the start (the paper's setting).
+        student_start_epoch: the student's loss joins the total at this epoch; before it, the teacher and the head
+            train alone, so the student starts, as a Serial student does, from a head its teacher has trained, and
+            its terms compare with a teacher that has learnt something. 0: together from the first step (the
+            paper's setting). With early stopping, keep it within the patience: the student's validation GAP
+            cannot improve before it starts.
         train_sampler: the student's frames in training batches; default: ``sampler`` (see ``TeacherModule``).
         student_head: how the student's classifier is trained. ``"shared"`` (the paper's): one head, trained by
             the teacher's and the student's terms. ``"teacher_trained"``: one head, trained by the teacher's L_CE
@@ -86,6 +91,7 @@ class DistillModule(VideoClassifierModule):
         warmup_epochs: float = 0.0,
         train_sampler: FrameSampler | None = None,
         student_head: StudentHead = "shared",
+        student_start_epoch: int = 0,
     ) -> None:
         # A copy made before the student's encoder adapts to its k frames (H-RNN's block length).
         teacher_encoder = teacher_encoder or copy.deepcopy(encoder)
@@ -109,6 +115,9 @@ class DistillModule(VideoClassifierModule):
         if warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs={warmup_epochs} must be >= 0")
         self.warmup_epochs = warmup_epochs
+        if student_start_epoch < 0:
+            raise ConfigError(f"student_start_epoch={student_start_epoch} must be >= 0")
+        self.student_start_epoch = student_start_epoch
 
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
         if stage == "predict":
@@ -135,14 +144,18 @@ class DistillModule(VideoClassifierModule):
             parts = {**parts, **{name: scale * parts[name] for name in comparing}}
             parts["total"] = sum(value for name, value in parts.items() if name != "total")
         student = loss_log_names(parts, "student")
-        return {"loss": teacher["teacher/loss"] + student["student/loss"], **teacher, **student}
+        total = teacher["teacher/loss"] + (student["student/loss"] if self._student_started() else 0.0)
+        return {"loss": total, **teacher, **student}
+
+    def _student_started(self) -> bool:
+        return self._trainer is None or self.current_epoch >= self.student_start_epoch
 
     def _teacher_terms_scale(self) -> float:
         """The warm-up factor of the terms that compare with the teacher at the current training step."""
         if not self.warmup_epochs or self._trainer is None:
             return 1.0
-        epochs = self.global_step / max(self.trainer.num_training_batches, 1)
-        return min(1.0, epochs / self.warmup_epochs)
+        epochs = self.global_step / max(self.trainer.num_training_batches, 1) - self.student_start_epoch
+        return min(1.0, max(epochs, 0.0) / self.warmup_epochs)
 
 
 def _without_gradient(module: nn.Module) -> Callable[[Tensor], Tensor]:
