@@ -15,24 +15,22 @@ side by side in this order), ``store``, ``build_seconds``.
 
 The key hashes the store's content (``FrameStore.fingerprint``) and the columns, so changed data gets a new
 file and a file is never used for another store. Built once (one sequential pass over the store), atomically
-and under a lock, like a store: concurrent readers wait for one build, and a killed build leaves only a temporary
-that the next one deletes.
+and under a lock (``data/keyed_files.py``): concurrent readers wait for one build, and a killed build leaves only
+a temporary that the next one deletes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from lightning_distill.atomic_files import exclusive, remove_stale_temporaries, replacing
 from lightning_distill.data.frame_store import FrameStore, contiguous_dataset
+from lightning_distill.data.keyed_files import open_keyed, opened_or_built
 from lightning_distill.data.yt8m import FEATURE_DIM
-from lightning_distill.errors import DataError
 
 FORMAT = "vdistill-column-store/1"
 _BUILD_BLOCK = 64 << 20  # bytes of the store's rows read per write while building
@@ -54,9 +52,7 @@ class ColumnStore:
     def __init__(self, path: str | Path, key: str) -> None:
         self.path = Path(path)
         self.key = key
-        with h5py.File(self.path, "r") as f:
-            if f.attrs.get("format") != FORMAT or f.attrs.get("key") != key:
-                raise DataError(f"{self.path}: not a finished column store for this store and these columns")
+        with open_keyed(self.path, FORMAT, key, "column store for this store and these columns") as f:
             self.columns: tuple[slice, ...] = tuple(slice(a, b) for a, b in json.loads(f.attrs["columns"]))
             self.build_seconds = float(f.attrs["build_seconds"])
             dataset = f["frames"]
@@ -129,27 +125,18 @@ def open_column_store(store: FrameStore, columns: tuple[slice, ...]) -> tuple[Co
     bounds = _bounds(columns)
     key = column_store_key(store, columns)
     path = column_store_path(store.path, key)
-    with exclusive(path):
-        remove_stale_temporaries(path)
-        try:
-            return ColumnStore(path, key), False
-        except (OSError, DataError):
-            pass  # absent or unfinished: build it
-        start = time.monotonic()
+
+    def build(f: h5py.File) -> None:
         total = int(store.lengths.sum())
-        width = sum(stop - begin for begin, stop in bounds)
+        width = sum(stop - start for start, stop in bounds)
+        frames = contiguous_dataset(f, "frames", (total, width), store.dtype)
         block = max(_BUILD_BLOCK // (FEATURE_DIM * store.dtype.itemsize), 1)
-        with replacing(path) as tmp:
-            with h5py.File(tmp, "w") as f:
-                frames = contiguous_dataset(f, "frames", (total, width), store.dtype)
-                for first in range(0, total, block):
-                    stop = min(first + block, total)
-                    frames[first:stop] = np.concatenate([store.rows(first, stop, slice(a, b)) for a, b in bounds], 1)
-                f.attrs.update(
-                    key=key, columns=json.dumps(bounds), store=str(store.path), build_seconds=time.monotonic() - start
-                )
-                f.attrs["format"] = FORMAT  # last: marks the file finished
-        return ColumnStore(path, key), True
+        for first in range(0, total, block):
+            stop = min(first + block, total)
+            frames[first:stop] = np.concatenate([store.rows(first, stop, slice(a, b)) for a, b in bounds], 1)
+        f.attrs.update(columns=json.dumps(bounds), store=str(store.path))
+
+    return opened_or_built(path, FORMAT, key, lambda: ColumnStore(path, key), build)
 
 
 def _bounds(columns: tuple[slice, ...]) -> list[list[int]]:

@@ -12,23 +12,22 @@ last: a file without it is unfinished), ``key``, ``teacher``, ``store``, ``build
 The key is a hash of everything the outputs depend on: the teacher checkpoint's bytes, the store's content
 (``FrameStore.fingerprint``) and the teacher's view of it (sampler, normalisation, max_frames). A new teacher,
 changed data or another view gets another file; a file is never used for another key. Built atomically under a
-lock, like a store: concurrent students wait for one build, and a killed build leaves only a temporary that the
-next build deletes.
+lock, like a store (``data/keyed_files.py``): concurrent students wait for one build, and a killed build leaves
+only a temporary that the next build deletes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from lightning_distill.atomic_files import exclusive, remove_stale_temporaries, replacing
 from lightning_distill.data.frame_store import FrameStore, contiguous_dataset
+from lightning_distill.data.keyed_files import open_keyed, opened_or_built
 from lightning_distill.errors import DataError
 
 # /2: targets of the teacher in eval mode; /1 files (train-mode outputs, see training/teacher_targets.py) are rebuilt.
@@ -53,9 +52,7 @@ class TargetCache:
     def __init__(self, path: str | Path, key: str) -> None:
         self.path = Path(path)
         self.key = key
-        with h5py.File(self.path, "r") as f:
-            if f.attrs.get("format") != FORMAT or f.attrs.get("key") != key:
-                raise DataError(f"{self.path}: not a finished teacher-target cache for this teacher and data")
+        with open_keyed(self.path, FORMAT, key, "teacher-target cache for this teacher and data") as f:
             self.build_seconds = float(f.attrs["build_seconds"])
             layout = {name: (f[name].id.get_offset(), f[name].shape) for name in FIELDS}
         self._rows = {
@@ -122,28 +119,21 @@ def build_target_cache(
         DataError: the batches left a video without its row.
     """
     path = cache_path(store_path, key)
-    with exclusive(path):
-        remove_stale_temporaries(path)
-        try:
-            return TargetCache(path, key), False
-        except (OSError, DataError):
-            pass  # absent or unfinished: build it
-        start = time.monotonic()
+
+    def build(f: h5py.File) -> None:
         num_videos = len(FrameStore(store_path))
-        with replacing(path) as tmp:
-            with h5py.File(tmp, "w") as f:
-                filled = np.zeros(num_videos, bool)
-                for videos, rows in batches():
-                    for name in FIELDS:
-                        if name not in f:  # readers memory-map it
-                            contiguous_dataset(f, name, (num_videos, rows[name].shape[1]), np.dtype(np.float32))
-                        _write_rows(f[name], videos, rows[name])
-                    filled[videos] = True
-                if not filled.all():
-                    raise DataError(f"{path}: the teacher produced no targets for {int((~filled).sum())} videos")
-                f.attrs.update(teacher=teacher, store=str(store_path), build_seconds=time.monotonic() - start, key=key)
-                f.attrs["format"] = FORMAT  # last: marks the cache finished
-        return TargetCache(path, key), True
+        filled = np.zeros(num_videos, bool)
+        for videos, rows in batches():
+            for name in FIELDS:
+                if name not in f:  # readers memory-map it
+                    contiguous_dataset(f, name, (num_videos, rows[name].shape[1]), np.dtype(np.float32))
+                _write_rows(f[name], videos, rows[name])
+            filled[videos] = True
+        if not filled.all():
+            raise DataError(f"{path}: the teacher produced no targets for {int((~filled).sum())} videos")
+        f.attrs.update(teacher=teacher, store=str(store_path))
+
+    return opened_or_built(path, FORMAT, key, lambda: TargetCache(path, key), build)
 
 
 def _write_rows(dataset: h5py.Dataset, videos: np.ndarray, rows: np.ndarray) -> None:
