@@ -609,6 +609,25 @@ def test_a_parallel_student_that_starts_later_leaves_the_teacher_alone_until_the
         DistillModule(hrnn(), NUM_CLASSES, sampler=UniformSampler(4), student_start_epoch=-1)
 
 
+def test_a_parallel_student_that_starts_later_starts_at_the_initial_learning_rate():
+    torch.manual_seed(0)
+    rates = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            rates.append([group["lr"] for group in module.optimizers().optimizer.param_groups])
+
+    module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), student_start_epoch=1,
+                           optimizer=lambda p: torch.optim.Adam(p, lr=0.01),
+                           lr_scheduler=lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.5))
+    trainer(max_steps=9, callbacks=[Record()]).fit(module, datamodule=TinyVideos())  # 3 batches an epoch
+    # The teacher's group (and the head) decays from the first epoch; the student's from its own first epoch.
+    assert rates[::3] == [pytest.approx(epoch) for epoch in ([0.01, 0.01], [0.005, 0.01], [0.0025, 0.005])]
+    student = set(map(id, module.encoder.parameters()))
+    groups = module.optimizers().optimizer.param_groups
+    assert {id(p) for p in groups[1]["params"]} == student and not student & {id(p) for p in groups[0]["params"]}
+
+
 class Diverging(LossTerm):
     """A term whose value is infinite, as a far too large weight or learning rate would make it."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -62,9 +62,11 @@ class DistillModule(VideoClassifierModule):
             that is still random; 0: full weight from the start (the paper's setting).
         student_start_epoch: the student's loss joins the total at this epoch; before it, the teacher and the head
             train alone, so the student starts, as a Serial student does, from a head its teacher has trained, and
-            its terms compare with a teacher that has learnt something. 0: together from the first step (the
-            paper's setting). With early stopping, keep it within the patience: the student's validation GAP
-            cannot improve before it starts.
+            its terms compare with a teacher that has learnt something. Its encoder has a parameter group of its
+            own, whose learning rate is set back to the optimiser's initial one when it starts, so a schedule that
+            scales the current rate (ExponentialLR, StepLR) decays it from there, as it would a Serial student's.
+            0: together from the first step (the paper's setting). With early stopping, keep it within the
+            patience: the student's validation GAP cannot improve before it starts.
         train_sampler: the student's frames in training batches; default: ``sampler`` (see ``TeacherModule``).
         student_head: how the student's classifier is trained. ``"shared"`` (the paper's): one head, trained by
             the teacher's and the student's terms. ``"teacher_trained"``: one head, trained by the teacher's L_CE
@@ -118,6 +120,19 @@ class DistillModule(VideoClassifierModule):
         if student_start_epoch < 0:
             raise ConfigError(f"student_start_epoch={student_start_epoch} must be >= 0")
         self.student_start_epoch = student_start_epoch
+
+    def parameter_groups(self) -> list[nn.Parameter] | list[dict[str, Any]]:
+        if not self.student_start_epoch:
+            return super().parameter_groups()
+        # The student's encoder in a group of its own (the second), whose rate restarts when the student does.
+        student = list(self.encoder.parameters())
+        own = {id(parameter) for parameter in student}
+        return [{"params": [p for p in super().parameter_groups() if id(p) not in own]}, {"params": student}]
+
+    def on_train_epoch_start(self) -> None:
+        if self.student_start_epoch and self.current_epoch == self.student_start_epoch:
+            group = self.optimizers().optimizer.param_groups[1]
+            group["lr"] = group.get("initial_lr", group["lr"])
 
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
         if stage == "predict":

@@ -197,9 +197,13 @@ class VideoClassifierModule(L.LightningModule, ABC):
         _raise_if_not_finite(output.probabilities, batch)
         return {"video_ids": list(batch.video_ids), "probabilities": output.probabilities}
 
+    def parameter_groups(self) -> list[nn.Parameter] | list[dict[str, Any]]:
+        """What the optimiser trains: every parameter that requires a gradient (frozen ones, a Serial student's
+        teacher, stay out), or a module's own parameter groups."""
+        return [p for p in self.parameters() if p.requires_grad]
+
     def configure_optimizers(self) -> Any:
-        # Frozen parameters (a Serial student's teacher) stay out of the optimiser.
-        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        optimizer = self.optimizer(self.parameter_groups())
         if self.lr_scheduler is None:
             return optimizer
         scheduler = {"scheduler": self.lr_scheduler(optimizer), "interval": "epoch"}
