@@ -25,7 +25,7 @@ from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.column_store import open_column_store
 from lightning_distill.data.convert import convert, resolve_inputs
 from lightning_distill.data.frame_store import FrameStore
-from lightning_distill.data.loading import ThreadedDataLoader, VideoBatchDataset, VideoBatchSampler
+from lightning_distill.data.loading import ThreadedDataLoader, VideoBatchDataset, VideoBatchSampler, every_frame_view
 from lightning_distill.data.normalization import FeatureNormalizer, FrameL2Normalization, dequantize_frames
 from lightning_distill.data.samplers import FrameSampler, ScoredSampler
 from lightning_distill.data.target_cache import TargetCache, build_target_cache, cache_key
@@ -303,7 +303,7 @@ class YT8MDataModule(L.LightningDataModule):
     def _keep_skims_apart(self, store: FrameStore, views: dict[str, FrameSampler]) -> None:
         """Have ``store`` read the features its views' scoring samplers skim from a column store (see
         ``skims_apart``), unless a view reads every frame whole anyway (the loader then skims those)."""
-        if not self.skims_apart or any(sampler.k is None for sampler in views.values()):
+        if not self.skims_apart or every_frame_view(views) is not None:
             return
         for sampler in views.values():
             if isinstance(sampler, ScoredSampler):

@@ -120,7 +120,7 @@ class FrameStore:
     def __getitem__(self, index: int) -> VideoRecord:
         """Video ``index`` (negative counts from the end) with its frames split into rgb and audio."""
         i = self._index(index)
-        rows = np.array(self._frames().rows(int(self._offsets[i]), int(self._offsets[i + 1])))
+        rows = self.rows(int(self._offsets[i]), int(self._offsets[i + 1]))
         return VideoRecord(self.video_ids[i], self.labels(i), rows[:, :RGB_DIM], rows[:, RGB_DIM:])
 
     @property
@@ -312,7 +312,7 @@ class _FrameReader:
         self._file = h5py.File(path, "r")
         self._dataset = self._file["frames"]
         self._offset = self._dataset.id.get_offset()
-        self._row_bytes = FEATURE_DIM * dtype.itemsize
+        self._itemsize = dtype.itemsize
         # get_offset() is None for chunked/compressed layouts and for an empty (never allocated) dataset.
         self._memmap = self._scattered = self._scattered_map = None
         if self._offset is not None and total_frames:
@@ -352,11 +352,10 @@ class _FrameReader:
         if not hasattr(mmap, "MADV_WILLNEED") or not len(rows) or not len(kept):
             return False
         low, high = min(kept[0], kept[-1]), max(kept[0], kept[-1])
-        itemsize = self._row_bytes // FEATURE_DIM
         unique = np.unique(rows)
-        first = self._offset + unique * self._row_bytes + low * itemsize
+        first = self._offset + (unique * FEATURE_DIM + low) * self._itemsize
         pages = first // mmap.PAGESIZE
-        last = (first + (high - low + 1) * itemsize - 1) // mmap.PAGESIZE
+        last = (first + (high - low + 1) * self._itemsize - 1) // mmap.PAGESIZE
         # A new run starts at a row whose first page is more than _ASK_GAP_PAGES beyond every earlier row's last.
         reach = np.maximum.accumulate(last)
         starts = np.flatnonzero(np.r_[True, pages[1:] > reach[:-1] + _ASK_GAP_PAGES])

@@ -187,7 +187,7 @@ class VideoBatchDataset(Dataset[VideoBatch]):
         Views of a ``ScoredSampler`` get their ``indices`` entry here: chosen from the features it scores of every
         frame, then read whole.
         """
-        every_frame = next((name for name, sampler in self.views.items() if sampler.k is None), None)
+        every_frame = every_frame_view(self.views)
         full = self.store.read_frames(videos, indices[every_frame].numpy()) if every_frame else None
         for name, sampler in self.views.items():
             if not isinstance(sampler, ScoredSampler):
@@ -265,6 +265,12 @@ class ThreadedDataLoader(DataLoader):
                 yield pending.popleft().result()
 
 
+def every_frame_view(views: dict[str, FrameSampler]) -> str | None:
+    """The name of a view that reads every frame whole (a teacher's), if any: the loader reads the batch once through
+    it, and takes what the other views need from it, a scoring sampler's features included."""
+    return next((name for name, sampler in views.items() if sampler.k is None), None)
+
+
 def _gather(full: np.ndarray, index: np.ndarray) -> np.ndarray:
     """(B, T, D) all frames, (B, k) frame indices (-1 = padding) -> (B, k, D), zero at padding.
 
@@ -275,4 +281,4 @@ def _gather(full: np.ndarray, index: np.ndarray) -> np.ndarray:
     return gathered
 
 
-__all__ = ["BatchRequest", "ThreadedDataLoader", "VideoBatchDataset", "VideoBatchSampler"]
+__all__ = ["BatchRequest", "ThreadedDataLoader", "VideoBatchDataset", "VideoBatchSampler", "every_frame_view"]
