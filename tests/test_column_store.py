@@ -12,7 +12,7 @@ import pytest
 from lightning_distill.data.column_store import ColumnStore, column_store_key, column_store_path, open_column_store
 from lightning_distill.data.convert import convert
 from lightning_distill.data.frame_store import FrameStore
-from lightning_distill.data.yt8m import RGB_DIM
+from lightning_distill.data.yt8m import FEATURE_DIM, RGB_DIM
 from lightning_distill.errors import DataError
 
 SKIM = (slice(0, 2), slice(RGB_DIM, None))  # two leading rgb features and the audio
@@ -56,8 +56,12 @@ def test_reads_of_kept_columns_come_from_the_column_store_alone(store, monkeypat
         for name, frames in reads.items()
         for kept in columns
     }
+    assert not store.keeps_apart(SKIM)
     assert store.keep_apart(open_column_store(store, SKIM)[0])
     assert not store.keep_apart(open_column_store(store, SKIM)[0])  # the same columns once
+    # The same columns however spelt, but not in another order (the column store's rows hold them in its own).
+    assert store.keeps_apart((slice(0, 2), slice(RGB_DIM, FEATURE_DIM))) and store.keeps_apart(SKIM)
+    assert not store.keeps_apart((SKIM[1], SKIM[0])) and not store.keeps_apart((SKIM[1],))
     # The store's own rows are not touched for columns the column store holds.
     monkeypatch.setattr(FrameStore, "_frames", lambda self: pytest.fail("read the store's rows"))
     for (name, kept), truth in expected.items():

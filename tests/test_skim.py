@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cli_support import CONFIGS, data_args, run_error, run_ok, teacher_checkpoint
+from lightning_distill.data.column_store import open_column_store
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.loading import BatchRequest, VideoBatchDataset
 from lightning_distill.data.samplers import AllFramesSampler, ScoredSampler, UniformSampler
@@ -276,3 +277,21 @@ def test_the_data_module_scores_from_the_skimmed_features_kept_apart(synthetic_t
     assert torch.equal(kept_apart.views["student"].frames, from_the_store.views["student"].frames)
     if num_workers == 0:
         assert sources == ["ColumnStore", "_FrameReader"]  # every frame's audio, then the 4 chosen frames whole
+
+
+def test_a_store_opens_its_column_store_once_for_all_its_loaders(synthetic_tfrecords, tmp_path, monkeypatch):
+    from lightning_distill.data import datamodule
+    from lightning_distill.data.normalization import NoNormalization
+
+    opened = []
+    monkeypatch.setattr(datamodule, "open_column_store",
+                        lambda store, columns: opened.append(columns) or open_column_store(store, columns))
+    data = datamodule.YT8MDataModule(test_files=str(synthetic_tfrecords / "test*.tfrecord"), store_dir=str(tmp_path),
+                                     num_workers=0, reader_threads=0, normalization=NoNormalization(),
+                                     views={"a": FirstAudioFeature(4), "b": FirstAudioFeature(2)})
+    data.prepare_data()
+    data.setup("test")
+    first, second = next(iter(data.test_dataloader())), next(iter(data.test_dataloader()))
+    # Two views skimming the same columns, two loaders: one lock, hash and open of the one column store.
+    assert opened == [(slice(RGB_DIM, None),)]
+    assert torch.equal(first.views["a"].frames, second.views["a"].frames)

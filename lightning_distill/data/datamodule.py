@@ -306,11 +306,12 @@ class YT8MDataModule(L.LightningDataModule):
         if not self.skims_apart or every_frame_view(views) is not None:
             return
         for sampler in views.values():
-            if isinstance(sampler, ScoredSampler):
+            # Checked first: the train and val loaders of one store would otherwise each lock, hash and open it.
+            if isinstance(sampler, ScoredSampler) and not store.keeps_apart(sampler.columns):
                 columns, built = open_column_store(store, sampler.columns)
-                if store.keep_apart(columns):
-                    action = f"built in {columns.build_seconds:.1f} s" if built else "reused"
-                    rank_zero_info(f"skimmed features: {columns.width} per frame read from {columns.path} ({action})")
+                store.keep_apart(columns)
+                action = f"built in {columns.build_seconds:.1f} s" if built else "reused"
+                rank_zero_info(f"skimmed features: {columns.width} per frame read from {columns.path} ({action})")
 
     def _views(self, stage: str) -> dict[str, FrameSampler]:
         if self.views is not None:

@@ -196,10 +196,15 @@ class FrameStore:
         """Read the columns ``source`` holds from it from now on (a ``ColumnStore`` of this store), not from the
         store, whose rows hold every feature side by side; returns False (and ignores it) when a source of the same
         columns is kept already."""
-        if any(kept.columns == source.columns for kept in self._apart):
+        if self.keeps_apart(source.columns):
             return False
         self._apart.append(source)
         return True
+
+    def keeps_apart(self, columns: tuple[slice, ...]) -> bool:
+        """Whether a source of exactly these columns, in this order, is kept apart already (``keep_apart``)."""
+        wanted = [range(FEATURE_DIM)[c] for c in columns]
+        return any([range(FEATURE_DIM)[c] for c in kept.columns] == wanted for kept in self._apart)
 
     def fingerprint(self) -> str:
         """A hash of the store's content: its videos' frame counts and checksums (format 2), else its file's
