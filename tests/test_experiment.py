@@ -110,6 +110,8 @@ def test_rows_follow_table_1_order(configs):
         ({"students": [StudentVariant("serial", ["pred"], train_selection="random", train_ks=[6])]}, "keep one"),
         ({"baselines": [Baseline("uniform", weights="student")]}, "weights 'student': choose from scratch, teacher"),
         ({"baselines": [Baseline("uniform", "random", weights="teacher")]}, "not trained on k frames: drop one"),
+        ({"students": [StudentVariant("parallel", ["ce"], stop_on="teacher/gap")]}, "not a validation metric"),
+        ({"students": [StudentVariant("parallel", ["ce"], stop_on="val/teacher/gap")]}, "set patience"),
     ],
 )
 def test_invalid_grids_raise_config_error(configs, changes, message):
@@ -374,6 +376,25 @@ def test_cell_configs_apply_the_cell_choices_and_keep_every_run_in_its_own_direc
     base_pred = load_config(REPO / "configs" / "role" / "parallel.yaml")["model"]["init_args"]["loss"]["pred"]
     assert list(parallel["loss"]) == ["pred", "ce"]
     assert parallel["loss"]["pred"]["init_args"] == {**base_pred["init_args"], "weight": 0.5}
+
+
+def test_a_parallel_student_can_stop_when_its_teacher_stops_improving_and_keep_its_own_best(tmp_path):
+    variants = [StudentVariant("parallel", ["ce"]), StudentVariant("parallel", ["ce"], stop_on="val/teacher/gap",
+                                                                    tag="stop-on-teacher")]
+    grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6], baselines=[], students=variants, patience=2)
+    cells = {cell.name: cell for cell in expand_grid(grid)}
+
+    def monitors(name: str) -> dict[str, tuple[str, int | None]]:
+        (fit,) = cell_configs(cells[name], grid, ExperimentLayout(tmp_path), dict(FILES))
+        callbacks = fit.config["trainer"]["callbacks"]
+        return {c["class_path"].split(".")[-1]: (c["init_args"]["monitor"], c["init_args"].get("patience"))
+                for c in callbacks}
+
+    # Without stop_on, early stopping watches what the checkpoint keeps (configs/role/parallel.yaml).
+    assert monitors("parallel-ce-k6-s0") == {"EarlyStopping": ("val/student/gap", 2),
+                                             "ModelCheckpoint": ("val/student/gap", None)}
+    assert monitors("parallel-ce-stop-on-teacher-k6-s0") == {"EarlyStopping": ("val/teacher/gap", 2),
+                                                             "ModelCheckpoint": ("val/student/gap", None)}
 
 
 def test_models_trained_on_random_frames_are_rows_of_their_own_tested_on_uniform_frames(tmp_path):

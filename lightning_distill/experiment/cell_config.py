@@ -27,10 +27,15 @@ CHECKPOINT_NAME = "best"
 
 
 def with_run_settings(
-    config: dict[str, Any], run_name: str, seed: int, grid: Grid, trainer: dict[str, Any] | None = None
+    config: dict[str, Any],
+    run_name: str,
+    seed: int,
+    grid: Grid,
+    trainer: dict[str, Any] | None = None,
+    stop_on: str | None = None,
 ) -> dict[str, Any]:
     """``config`` with the grid's trainer settings (or ``trainer``, settings given instead), the seed, and the logs
-    every cell keeps.
+    every cell keeps; with the grid's patience, early stopping on ``stop_on`` (default: the checkpoint's metric).
 
     Every run logs to a CSV file (per-epoch validation curves the report reads back) and an offline W&B run;
     ``vdistill`` puts both, the config and the checkpoints into the run directory the runner gives it
@@ -49,7 +54,7 @@ def with_run_settings(
     if grid.patience is not None:
         # Stop when the checkpoint's metric (the best validation GAP) stops improving: cells are compared at
         # convergence, not at an arbitrary epoch.
-        monitor = trainer["callbacks"][-1].get("init_args", {}).get("monitor") or "val/gap"
+        monitor = stop_on or trainer["callbacks"][-1].get("init_args", {}).get("monitor") or "val/gap"
         early = {"monitor": monitor, "mode": "max", "patience": grid.patience}
         trainer["callbacks"].insert(-1, {"class_path": EARLY_STOPPING, "init_args": early})
     return {**config, "seed_everything": seed, "trainer": trainer}
@@ -136,7 +141,8 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
     trainer = grid.trainer
     if cell.role in SELECTIONS.values():
         trainer = {key: value for key, value in grid.trainer.items() if key != "max_epochs"}
-    settings = with_run_settings(config, cell.name, cell.seed, grid, trainer)
+    stop_on = cell.variant.stop_on if cell.variant is not None else None
+    settings = with_run_settings(config, cell.name, cell.seed, grid, trainer, stop_on)
     if cell.variant is not None and cell.variant.train_ks:
         # One checkpoint serves every k: the best by validation at the cell's one k would favour that k (measured
         # when it was the grid's first: tiny NetVLAD's any-k students kept epoch 2 of 4, best at k = 6, and lost

@@ -130,6 +130,9 @@ class StudentVariant:
         train_selection: the frames of the student's training batches (a ``FrameSampler.registry`` name, e.g.
             ``random``: new frames every epoch), tested on Uniform-k; Serial or Parallel. Without a tag the variant
             is tagged ``trained-on-<name>``.
+        stop_on: the validation metric whose stalling stops the cell (the grid's ``patience``) instead of the
+            checkpoint's, e.g. ``val/teacher/gap`` for a Parallel student: it then trains for as long as its
+            teacher improves, and the tested weights are still the student's best.
     """
 
     mode: str
@@ -143,6 +146,7 @@ class StudentVariant:
     selection: str | None = None
     scorer: ConfigPart = field(default_factory=dict)
     train_selection: str | None = None
+    stop_on: str | None = None
 
     def __post_init__(self) -> None:
         if self.train_ks and not self.tag:
@@ -306,6 +310,8 @@ def check_grid(grid: Grid) -> None:
         raise ConfigError(f"students list a variant twice ({slugs}): list each mode + loss set once")
     for variant in grid.students:
         _check_variant(variant)
+        if variant.stop_on is not None and grid.patience is None:
+            raise ConfigError(f"{variant.slug} sets stop_on, but the grid stops no cell early: set patience")
     stray_ks = [k for k in grid.k_overrides if k not in grid.ks]
     if stray_ks:
         raise ConfigError(f"k_overrides for k={stray_ks} which are not in ks {grid.ks}: add them to ks or drop them")
@@ -368,6 +374,11 @@ def _check_variant(variant: StudentVariant) -> None:
                 f"{variant.slug} sets train_selection with train_ks or selection, which choose its frames already: "
                 "keep one"
             )
+    if variant.stop_on is not None and not variant.stop_on.startswith("val/"):
+        raise ConfigError(
+            f"stop_on {variant.stop_on!r} of {variant.slug} is not a validation metric: name one logged under val/, "
+            "e.g. val/teacher/gap"
+        )
     if variant.teachers is not None:
         if variant.mode != "serial":
             raise ConfigError(f"{variant.slug} sets teachers, but an ensemble is distilled Serial: use mode serial")
