@@ -628,6 +628,50 @@ def test_a_parallel_student_that_starts_later_starts_at_the_initial_learning_rat
     assert {id(p) for p in groups[1]["params"]} == student and not student & {id(p) for p in groups[0]["params"]}
 
 
+def test_a_parallel_student_can_compare_with_an_average_of_its_teacher_in_evaluation_mode():
+    torch.manual_seed(0)
+
+    def netvlad():
+        return NetVLAD.tiny(input_dim=DIM, rgb_dim=24)  # batch norm: its training-mode outputs are the batch's
+
+    teachers = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if batch_idx:  # the teacher after each step (and its optimiser step) but the last
+                teachers.append([p.detach().clone() for p in module._teacher_network().parameters()])
+
+    decay = 0.5
+    module = DistillModule(netvlad(), NUM_CLASSES, sampler=UniformSampler(4), teacher_average_decay=decay)
+    assert not any(p.requires_grad for p in module.averaged_teacher.parameters())
+    trainer(max_steps=3, callbacks=[Record()]).fit(module, datamodule=TinyVideos())  # 3 batches an epoch
+    teachers.append([p.detach() for p in module._teacher_network().parameters()])
+    # The first step copies the teacher; each later one moves the average (1 - decay) of the way to it.
+    expected = teachers[0]
+    for weights in teachers[1:]:
+        expected = [decay * a + (1 - decay) * w for a, w in zip(expected, weights, strict=True)]
+    averaged = list(module.averaged_teacher.module.parameters())
+    assert all(torch.allclose(a, e) for a, e in zip(averaged, expected, strict=True))
+    optimised = {id(p) for group in module.optimizers().optimizer.param_groups for p in group["params"]}
+    assert not optimised & set(map(id, module.averaged_teacher.parameters()))
+
+    # Decay 0: the student's L_rep and L_pred compare with the teacher as it stands, in evaluation mode.
+    module = DistillModule(netvlad(), NUM_CLASSES, sampler=UniformSampler(4), teacher_average_decay=0.0)
+    module.averaged_teacher.update_parameters(module._teacher_network())
+    batch = TinyVideos().batches(module.frame_views("fit"))[0]
+    with torch.no_grad():  # first: a training-mode forward moves the teacher's batch-norm statistics
+        in_evaluation = module.eval().model_step(batch)
+    assert "target" not in in_evaluation  # evaluation and validation see the teacher itself
+    outputs = module.train().model_step(batch)
+    target = outputs["target"]
+    assert not torch.allclose(target.representation, outputs["teacher"].representation)
+    assert torch.allclose(target.representation, in_evaluation["teacher"].representation)
+    assert torch.allclose(target.probabilities, in_evaluation["teacher"].probabilities)
+    assert not target.representation.requires_grad
+    with pytest.raises(ConfigError, match="teacher_average_decay=1.0 must be in"):
+        DistillModule(netvlad(), NUM_CLASSES, sampler=UniformSampler(4), teacher_average_decay=1.0)
+
+
 class Diverging(LossTerm):
     """A term whose value is infinite, as a far too large weight or learning rate would make it."""
 

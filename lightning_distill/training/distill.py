@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lightning_distill.data.batch import VideoBatch
 from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, UniformSampler
@@ -74,6 +75,12 @@ class DistillModule(VideoClassifierModule):
             starts from a head its teacher trained. ``"own"``: the teacher has a head of its own
             (``teacher_head``), so the student's fits the k-frame representation only. With either of the last two
             the teacher learns exactly as it would alone.
+        teacher_average_decay: None (the paper's setting): the student's L_rep and L_pred compare with the teacher
+            as it is trained, its training-mode outputs (batch statistics, dropout) at this step. A decay d in
+            [0, 1): they compare with an exponential moving average of the teacher's weights and batch-norm
+            statistics, updated after every training step (w <- d w + (1 - d) w_teacher) and run in evaluation
+            mode without gradient, as a Serial student's frozen teacher is; 0 is the teacher as it stands, in
+            evaluation mode. It costs one more teacher forward pass, without backward, per training step.
     """
 
     evaluated_roles = ("teacher", "student")
@@ -94,6 +101,7 @@ class DistillModule(VideoClassifierModule):
         train_sampler: FrameSampler | None = None,
         student_head: StudentHead = "shared",
         student_start_epoch: int = 0,
+        teacher_average_decay: float | None = None,
     ) -> None:
         # A copy made before the student's encoder adapts to its k frames (H-RNN's block length).
         teacher_encoder = teacher_encoder or copy.deepcopy(encoder)
@@ -120,6 +128,14 @@ class DistillModule(VideoClassifierModule):
         if student_start_epoch < 0:
             raise ConfigError(f"student_start_epoch={student_start_epoch} must be >= 0")
         self.student_start_epoch = student_start_epoch
+        self.averaged_teacher = None
+        if teacher_average_decay is not None:
+            if not 0 <= teacher_average_decay < 1:
+                raise ConfigError(f"teacher_average_decay={teacher_average_decay} must be in [0, 1), or null")
+            average = get_ema_multi_avg_fn(teacher_average_decay)
+            self.averaged_teacher = AveragedModel(self._teacher_network(), multi_avg_fn=average, use_buffers=True)
+            # Out of the optimiser and of DDP's gradient reduction: it changes by averaging alone.
+            self.averaged_teacher.requires_grad_(False)
 
     def parameter_groups(self) -> list[nn.Parameter] | list[dict[str, Any]]:
         if not self.student_start_epoch:
@@ -128,6 +144,15 @@ class DistillModule(VideoClassifierModule):
         student = list(self.encoder.parameters())
         own = {id(parameter) for parameter in student}
         return [{"params": [p for p in super().parameter_groups() if id(p) not in own]}, {"params": student}]
+
+    def _teacher_network(self) -> nn.ModuleDict:
+        """The teacher's encoder and the head it classifies with (shared or its own), as one module."""
+        head = self.head if self.teacher_head is None else self.teacher_head
+        return nn.ModuleDict({"encoder": self.teacher_encoder, "head": head})
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.averaged_teacher is not None:
+            self.averaged_teacher.update_parameters(self._teacher_network())
 
     def on_train_epoch_start(self) -> None:
         if self.student_start_epoch and self.current_epoch == self.student_start_epoch:
@@ -145,14 +170,19 @@ class DistillModule(VideoClassifierModule):
         else:
             outputs = {"student": self(batch.views["student"])}
         if "teacher" in batch.views:
-            teacher_head = self.head if self.teacher_head is None else self.teacher_head
-            outputs["teacher"] = classify(self.teacher_encoder, teacher_head, batch.views["teacher"])
+            teacher = self._teacher_network()
+            outputs["teacher"] = classify(teacher["encoder"], teacher["head"], batch.views["teacher"])
+            if self.averaged_teacher is not None and self.training:
+                # Evaluation mode each time: Lightning sets every submodule to training mode at each epoch.
+                averaged = self.averaged_teacher.eval().module
+                with torch.no_grad():
+                    outputs["target"] = classify(averaged["encoder"], averaged["head"], batch.views["teacher"])
         return outputs
 
     def losses(self, outputs: dict[str, ModelOutput], labels: Tensor) -> dict[str, Tensor]:
         teacher = loss_log_names(self.teacher_criterion(outputs["teacher"], None, labels), "teacher")
         # The loss terms detach every teacher-side tensor (stop-gradient), see training/losses.py.
-        parts = self.criterion(outputs["student"], outputs["teacher"], labels)
+        parts = self.criterion(outputs["student"], outputs.get("target", outputs["teacher"]), labels)
         scale = self._teacher_terms_scale()
         if scale < 1:
             comparing = [name for name, term in self.criterion.terms.items() if term.needs_teacher]
