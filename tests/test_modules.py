@@ -628,6 +628,26 @@ def test_a_parallel_student_that_starts_later_starts_at_the_initial_learning_rat
     assert {id(p) for p in groups[1]["params"]} == student and not student & {id(p) for p in groups[0]["params"]}
 
 
+def test_a_parallel_student_that_starts_later_with_its_own_head_starts_from_the_teachers():
+    torch.manual_seed(0)
+    heads = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            heads.append((module.head.linear.weight.detach().clone(), module.teacher_head.linear.weight.detach().clone()))
+
+    module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), student_head="own",
+                           student_start_epoch=1)
+    trainer(max_steps=6, callbacks=[Record()]).fit(module, datamodule=TinyVideos())  # 3 batches an epoch
+    student, teacher = zip(*heads)
+    assert all(torch.equal(weights, student[0]) for weights in student[:3])  # untrained before it joins
+    assert torch.equal(student[3], teacher[3])  # a copy of the teacher's trained head when it joins ...
+    assert not torch.equal(student[3], student[0]) and not torch.equal(student[5], teacher[5])  # ... then its own
+    groups = module.optimizers().optimizer.param_groups
+    own = {*map(id, module.encoder.parameters()), *map(id, module.head.parameters())}
+    assert {id(p) for p in groups[1]["params"]} == own and not own & {id(p) for p in groups[0]["params"]}
+
+
 def test_a_parallel_student_can_compare_with_an_average_of_its_teacher_in_evaluation_mode():
     torch.manual_seed(0)
 

@@ -63,8 +63,8 @@ class DistillModule(VideoClassifierModule):
             that is still random; 0: full weight from the start (the paper's setting).
         student_start_epoch: the student's loss joins the total at this epoch; before it, the teacher and the head
             train alone, so the student starts, as a Serial student does, from a head its teacher has trained, and
-            its terms compare with a teacher that has learnt something. Its encoder has a parameter group of its
-            own, whose learning rate is set back to the optimiser's initial one when it starts, so a schedule that
+            its terms compare with a teacher that has learnt something. Its encoder (and its head, if its own) has a
+            parameter group of its own, whose learning rate is set back to the optimiser's initial one when it starts, so a schedule that
             scales the current rate (ExponentialLR, StepLR) decays it from there, as it would a Serial student's.
             0: together from the first step (the paper's setting). With early stopping, keep it within the
             patience: the student's validation GAP cannot improve before it starts.
@@ -73,8 +73,9 @@ class DistillModule(VideoClassifierModule):
             the teacher's and the student's terms. ``"teacher_trained"``: one head, trained by the teacher's L_CE
             alone; the student's terms reach its encoder through the head without changing it, as a Serial student
             starts from a head its teacher trained. ``"own"``: the teacher has a head of its own
-            (``teacher_head``), so the student's fits the k-frame representation only. With either of the last two
-            the teacher learns exactly as it would alone.
+            (``teacher_head``), so the student's fits the k-frame representation only; with ``student_start_epoch``
+            it starts as a copy of the teacher's head when the student joins, as a Serial student's starts from its
+            teacher's trained head. With either of the last two the teacher learns exactly as it would alone.
         teacher_average_decay: None (the paper's setting): the student's L_rep and L_pred compare with the teacher
             as it is trained, its training-mode outputs (batch statistics, dropout) at this step. A decay d in
             [0, 1): they compare with an exponential moving average of the teacher's weights and batch-norm
@@ -140,8 +141,9 @@ class DistillModule(VideoClassifierModule):
     def parameter_groups(self) -> list[nn.Parameter] | list[dict[str, Any]]:
         if not self.student_start_epoch:
             return super().parameter_groups()
-        # The student's encoder in a group of its own (the second), whose rate restarts when the student does.
-        student = list(self.encoder.parameters())
+        # The student's encoder (and own head) in a group of its own (the second), whose rate restarts when the
+        # student does.
+        student = [*self.encoder.parameters(), *(self.head.parameters() if self.student_head == "own" else ())]
         own = {id(parameter) for parameter in student}
         return [{"params": [p for p in super().parameter_groups() if id(p) not in own]}, {"params": student}]
 
@@ -158,6 +160,9 @@ class DistillModule(VideoClassifierModule):
         if self.student_start_epoch and self.current_epoch == self.student_start_epoch:
             group = self.optimizers().optimizer.param_groups[1]
             group["lr"] = group.get("initial_lr", group["lr"])
+            if self.teacher_head is not None:
+                # Untouched until now (no loss reached it), so its optimiser state is as fresh as a Serial head's.
+                self.head.load_state_dict(self.teacher_head.state_dict())
 
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
         if stage == "predict":
