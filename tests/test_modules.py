@@ -634,7 +634,7 @@ def test_a_parallel_student_that_starts_later_with_its_own_head_starts_from_the_
 
     class Record(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            heads.append((module.head.linear.weight.detach().clone(), module.teacher_head.linear.weight.detach().clone()))
+            heads.append(tuple(head.linear.weight.detach().clone() for head in (module.head, module.teacher_head)))
 
     module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), student_head="own",
                            student_start_epoch=1)

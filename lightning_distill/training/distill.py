@@ -64,8 +64,9 @@ class DistillModule(VideoClassifierModule):
         student_start_epoch: the student's loss joins the total at this epoch; before it, the teacher and the head
             train alone, so the student starts, as a Serial student does, from a head its teacher has trained, and
             its terms compare with a teacher that has learnt something. Its encoder (and its head, if its own) has a
-            parameter group of its own, whose learning rate is set back to the optimiser's initial one when it starts, so a schedule that
-            scales the current rate (ExponentialLR, StepLR) decays it from there, as it would a Serial student's.
+            parameter group of its own, whose learning rate is set back to the optimiser's initial one when it
+            starts, so a schedule that scales the current rate (ExponentialLR, StepLR) decays it from there, as it
+            would a Serial student's.
             0: together from the first step (the paper's setting). With early stopping, keep it within the
             patience: the student's validation GAP cannot improve before it starts.
         train_sampler: the student's frames in training batches; default: ``sampler`` (see ``TeacherModule``).
