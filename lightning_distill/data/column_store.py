@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from lightning_distill.data.frame_store import FrameStore, contiguous_dataset
-from lightning_distill.data.keyed_files import open_keyed, opened_or_built
+from lightning_distill.data.keyed_files import mapped, open_keyed, opened_or_built
 from lightning_distill.data.yt8m import FEATURE_DIM
 
 FORMAT = "vdistill-column-store/1"
@@ -55,14 +55,7 @@ class ColumnStore:
         with open_keyed(self.path, FORMAT, key, "column store for this store and these columns") as f:
             self.columns: tuple[slice, ...] = tuple(slice(a, b) for a, b in json.loads(f.attrs["columns"]))
             self.build_seconds = float(f.attrs["build_seconds"])
-            dataset = f["frames"]
-            offset, shape, dtype = dataset.id.get_offset(), dataset.shape, dataset.dtype
-        # An empty dataset is never allocated: no offset to map.
-        self._rows = (
-            np.memmap(self.path, dtype, "r", offset=offset, shape=shape).view(np.ndarray)
-            if offset is not None
-            else np.zeros(shape, dtype)
-        )
+            self._rows = mapped(self.path, f["frames"])
         starts = np.cumsum([0] + [c.stop - c.start for c in self.columns])
         self._places = [(c, int(start)) for c, start in zip(self.columns, starts)]
 

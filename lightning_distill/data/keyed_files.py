@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import h5py
+import numpy as np
 
 from lightning_distill.atomic_files import exclusive, remove_stale_temporaries, replacing
 from lightning_distill.errors import DataError
@@ -33,6 +34,16 @@ def open_keyed(path: Path, file_format: str, key: str, what: str) -> h5py.File:
         f.close()
         raise DataError(f"{path}: not a finished {what}")
     return f
+
+
+def mapped(path: Path, dataset: h5py.Dataset) -> np.ndarray:
+    """``dataset`` of the file at ``path`` (written contiguous, see ``contiguous_dataset``) as a read-only memory
+    map, a plain array: reads of rows touch only their pages. Zeros when it is empty: HDF5 never allocates an empty
+    dataset, so it has no offset to map."""
+    offset = dataset.id.get_offset()
+    if offset is None:
+        return np.zeros(dataset.shape, dataset.dtype)
+    return np.memmap(path, dataset.dtype, "r", offset=offset, shape=dataset.shape).view(np.ndarray)
 
 
 def opened_or_built(

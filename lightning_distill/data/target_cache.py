@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from lightning_distill.data.frame_store import FrameStore, contiguous_dataset
-from lightning_distill.data.keyed_files import open_keyed, opened_or_built
+from lightning_distill.data.keyed_files import mapped, open_keyed, opened_or_built
 from lightning_distill.errors import DataError
 
 # /2: targets of the teacher in eval mode; /1 files (train-mode outputs, see training/teacher_targets.py) are rebuilt.
@@ -54,11 +54,7 @@ class TargetCache:
         self.key = key
         with open_keyed(self.path, FORMAT, key, "teacher-target cache for this teacher and data") as f:
             self.build_seconds = float(f.attrs["build_seconds"])
-            layout = {name: (f[name].id.get_offset(), f[name].shape) for name in FIELDS}
-        self._rows = {
-            name: np.memmap(self.path, np.float32, "r", offset=offset, shape=shape).view(np.ndarray)
-            for name, (offset, shape) in layout.items()
-        }
+            self._rows = {name: mapped(self.path, f[name]) for name in FIELDS}
 
     def __getstate__(self) -> dict[str, object]:
         return {"path": self.path, "key": self.key}
