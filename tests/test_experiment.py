@@ -397,6 +397,26 @@ def test_a_parallel_student_can_stop_when_its_teacher_stops_improving_and_keep_i
                                                              "ModelCheckpoint": ("val/student/gap", None)}
 
 
+def test_a_late_joining_student_is_watched_from_its_join_for_the_epochs_its_variant_sets(tmp_path):
+    late = StudentVariant("parallel", ["ce"], module={"student_start_epoch": 4}, trainer={"max_epochs": 12},
+                          tag="late")
+    grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6], baselines=["uniform"], students=[late],
+                patience=2, trainer={"max_epochs": 5})
+    cells = {cell.name: cell for cell in expand_grid(grid)}
+    (fit,) = cell_configs(cells["parallel-ce-late-k6-s0"], grid, ExperimentLayout(tmp_path), dict(FILES))
+    trainer = fit.config["trainer"]
+    (stopping,) = [c for c in trainer["callbacks"] if c["class_path"].endswith("EarlyStopping")]
+    assert stopping == {"class_path": "lightning_distill.training.early_stopping.DelayedEarlyStopping",
+                        "init_args": {"monitor": "val/student/gap", "mode": "max", "patience": 2, "start_epoch": 4}}
+    assert trainer["max_epochs"] == 12
+    # The variant's trainer is its own: the grid's other cells keep the grid's.
+    (baseline,) = cell_configs(cells["uniform-k6-s0"], grid, ExperimentLayout(tmp_path), dict(FILES))
+    assert baseline.config["trainer"]["max_epochs"] == 5
+    with pytest.raises(ConfigError, match=r"joins at epoch 4, but its cells train 4 epochs: raise its trainer"):
+        expand_grid(Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6], students=[
+            StudentVariant("parallel", ["ce"], module={"student_start_epoch": 4}, trainer={"max_epochs": 4})]))
+
+
 def test_models_trained_on_random_frames_are_rows_of_their_own_tested_on_uniform_frames(tmp_path):
     """``train_selection``: a baseline or student trains on Random-k frames (every fit of the two-stage recipe)
     and is tested on Uniform-k, beside the same models trained on Uniform-k frames."""

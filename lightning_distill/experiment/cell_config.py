@@ -19,6 +19,7 @@ from lightning_distill.config_files import deep_merge, load_config
 from lightning_distill.data.samplers import AnyKSampler
 from lightning_distill.experiment.grid import BASELINES, LOSS_TERMS, SELECTIONS, Cell, Grid
 from lightning_distill.experiment.layout import ExperimentLayout, checkpoint_path
+from lightning_distill.training.early_stopping import DelayedEarlyStopping
 from lightning_distill.training.skim_sampler import SkimSampler
 
 MODEL_CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
@@ -33,9 +34,11 @@ def with_run_settings(
     grid: Grid,
     trainer: dict[str, Any] | None = None,
     stop_on: str | None = None,
+    watch_from: int = 0,
 ) -> dict[str, Any]:
     """``config`` with the grid's trainer settings (or ``trainer``, settings given instead), the seed, and the logs
-    every cell keeps; with the grid's patience, early stopping on ``stop_on`` (default: the checkpoint's metric).
+    every cell keeps; with the grid's patience, early stopping on ``stop_on`` (default: the checkpoint's metric),
+    whose checks start at epoch ``watch_from`` (``DelayedEarlyStopping`` when it is not 0).
 
     Every run logs to a CSV file (per-epoch validation curves the report reads back) and an offline W&B run;
     ``vdistill`` puts both, the config and the checkpoints into the run directory the runner gives it
@@ -56,7 +59,10 @@ def with_run_settings(
         # convergence, not at an arbitrary epoch.
         monitor = stop_on or trainer["callbacks"][-1].get("init_args", {}).get("monitor") or "val/gap"
         early = {"monitor": monitor, "mode": "max", "patience": grid.patience}
-        trainer["callbacks"].insert(-1, {"class_path": EARLY_STOPPING, "init_args": early})
+        stopping = EARLY_STOPPING
+        if watch_from:
+            stopping, early = class_path(DelayedEarlyStopping), {**early, "start_epoch": watch_from}
+        trainer["callbacks"].insert(-1, {"class_path": stopping, "init_args": early})
     return {**config, "seed_everything": seed, "trainer": trainer}
 
 
@@ -78,7 +84,7 @@ def _is_model_checkpoint(callback: Any) -> bool:
 
 
 def _is_early_stopping(callback: Any) -> bool:
-    return isinstance(callback, dict) and str(callback.get("class_path", "")).split(".")[-1] == "EarlyStopping"
+    return isinstance(callback, dict) and str(callback.get("class_path", "")).endswith("EarlyStopping")
 
 
 @dataclass(frozen=True)
@@ -141,8 +147,13 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
     trainer = grid.trainer
     if cell.role in SELECTIONS.values():
         trainer = {key: value for key, value in grid.trainer.items() if key != "max_epochs"}
-    stop_on = cell.variant.stop_on if cell.variant is not None else None
-    settings = with_run_settings(config, cell.name, cell.seed, grid, trainer, stop_on)
+    stop_on, watch_from = None, 0
+    if cell.variant is not None:
+        trainer = deep_merge(trainer, cell.variant.trainer)
+        stop_on = cell.variant.stop_on
+        # A student that joins late cannot improve before it joins; the teacher's metric (stop_on) can.
+        watch_from = 0 if stop_on else cell.variant.module.get("student_start_epoch") or 0
+    settings = with_run_settings(config, cell.name, cell.seed, grid, trainer, stop_on, watch_from)
     if cell.variant is not None and cell.variant.train_ks:
         # One checkpoint serves every k: the best by validation at the cell's one k would favour that k (measured
         # when it was the grid's first: tiny NetVLAD's any-k students kept epoch 2 of 4, best at k = 6, and lost

@@ -132,7 +132,11 @@ class StudentVariant:
             is tagged ``trained-on-<name>``.
         stop_on: the validation metric whose stalling stops the cell (the grid's ``patience``) instead of the
             checkpoint's, e.g. ``val/teacher/gap`` for a Parallel student: it then trains for as long as its
-            teacher improves, and the tested weights are still the student's best.
+            teacher improves, and the tested weights are still the student's best. Without it, a Parallel student
+            that joins late (``module: {student_start_epoch: N}``) is watched from epoch N on
+            (``DelayedEarlyStopping``): its GAP cannot improve before it joins.
+        trainer: ``Trainer`` arguments of this variant's cells over the grid's, e.g. ``{max_epochs: 30}`` for a
+            student that joins late and needs the grid's epochs after it joins.
     """
 
     mode: str
@@ -147,6 +151,7 @@ class StudentVariant:
     scorer: ConfigPart = field(default_factory=dict)
     train_selection: str | None = None
     stop_on: str | None = None
+    trainer: ConfigPart = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.train_ks and not self.tag:
@@ -312,6 +317,13 @@ def check_grid(grid: Grid) -> None:
         _check_variant(variant)
         if variant.stop_on is not None and grid.patience is None:
             raise ConfigError(f"{variant.slug} sets stop_on, but the grid stops no cell early: set patience")
+        start = variant.module.get("student_start_epoch") or 0
+        max_epochs = {**grid.trainer, **variant.trainer}.get("max_epochs")
+        if max_epochs is not None and start >= max_epochs:
+            raise ConfigError(
+                f"{variant.slug} joins at epoch {start}, but its cells train {max_epochs} epochs: raise its "
+                "trainer's max_epochs (e.g. trainer: {max_epochs: " + str(start + 10) + "}) or join earlier"
+            )
     stray_ks = [k for k in grid.k_overrides if k not in grid.ks]
     if stray_ks:
         raise ConfigError(f"k_overrides for k={stray_ks} which are not in ks {grid.ks}: add them to ks or drop them")

@@ -67,8 +67,9 @@ class DistillModule(VideoClassifierModule):
             parameter group of its own, whose learning rate is set back to the optimiser's initial one when it
             starts, so a schedule that scales the current rate (ExponentialLR, StepLR) decays it from there, as it
             would a Serial student's.
-            0: together from the first step (the paper's setting). With early stopping, keep it within the
-            patience: the student's validation GAP cannot improve before it starts.
+            0: together from the first step (the paper's setting). Early stopping on the student's metric should
+            start counting at N (``DelayedEarlyStopping(start_epoch=N)``, as the experiment grid sets): the
+            student's validation GAP cannot improve before it starts.
         train_sampler: the student's frames in training batches; default: ``sampler`` (see ``TeacherModule``).
         student_head: how the student's classifier is trained. ``"shared"`` (the paper's): one head, trained by
             the teacher's and the student's terms. ``"teacher_trained"``: one head, trained by the teacher's L_CE
