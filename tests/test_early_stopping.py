@@ -50,3 +50,9 @@ def test_checks_start_at_the_start_epoch_and_count_patience_from_there():
 def test_a_negative_start_epoch_is_a_config_error():
     with pytest.raises(ConfigError, match="start_epoch=-1 must be >= 0"):
         DelayedEarlyStopping("val/gap", start_epoch=-1)
+
+
+def test_waiting_for_a_student_to_join_needs_a_module_with_one():
+    stopping = DelayedEarlyStopping("val/gap", after_student_joins=True, mode="max", patience=2)
+    with pytest.raises(ConfigError, match="ScriptedMetric has no student that joins later: use it with DistillModule"):
+        epochs_trained(stopping)

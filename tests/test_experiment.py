@@ -412,6 +412,14 @@ def test_a_late_joining_student_is_watched_from_its_join_for_the_epochs_its_vari
     # The variant's trainer is its own: the grid's other cells keep the grid's.
     (baseline,) = cell_configs(cells["uniform-k6-s0"], grid, ExperimentLayout(tmp_path), dict(FILES))
     assert baseline.config["trainer"]["max_epochs"] == 5
+    # A join decided by the teacher's plateau: watched once the student has joined, whenever that is.
+    plateau = StudentVariant("parallel", ["ce"], module={"student_start_patience": 2}, tag="plateau")
+    grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6], students=[plateau], patience=2)
+    (cell,) = [cell for cell in expand_grid(grid) if cell.name == "parallel-ce-plateau-k6-s0"]
+    (fit,) = cell_configs(cell, grid, ExperimentLayout(tmp_path), dict(FILES))
+    (stopping,) = [c for c in fit.config["trainer"]["callbacks"] if c["class_path"].endswith("EarlyStopping")]
+    assert stopping["init_args"] == {"monitor": "val/student/gap", "mode": "max", "patience": 2, "start_epoch": 0,
+                                     "after_student_joins": True}
     with pytest.raises(ConfigError, match=r"joins at epoch 4, but its cells train 4 epochs: raise its trainer"):
         expand_grid(Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6], students=[
             StudentVariant("parallel", ["ce"], module={"student_start_epoch": 4}, trainer={"max_epochs": 4})]))

@@ -5,6 +5,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from torch.utils.data import DataLoader
 
@@ -19,6 +20,7 @@ from lightning_distill.data.samplers import (
 )
 from lightning_distill.errors import ConfigError, DataError
 from lightning_distill.models import HRNN, MoEHead, NetVLAD, NeXtVLAD
+from lightning_distill.training.early_stopping import DelayedEarlyStopping
 from lightning_distill.training.losses import classification_loss
 from lightning_distill.training import (
     ClassificationLoss,
@@ -646,6 +648,51 @@ def test_a_parallel_student_that_starts_later_with_its_own_head_starts_from_the_
     groups = module.optimizers().optimizer.param_groups
     own = {*map(id, module.encoder.parameters()), *map(id, module.head.parameters())}
     assert {id(p) for p in groups[1]["params"]} == own and not own & {id(p) for p in groups[0]["params"]}
+
+
+def test_a_parallel_student_can_join_when_its_teachers_validation_gap_stops_improving(tmp_path):
+    torch.manual_seed(0)
+    teacher_gaps = [0.3, 0.5, 0.5, 0.4, 0.6, 0.6]  # by epoch: no improvement at epochs 2 and 3
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            seen.append((module.join_epoch, [p.detach().clone() for p in module.encoder.parameters()]))
+
+    module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), student_head="own",
+                           student_start_patience=2)
+    teacher_metric = module.metrics["val"]["teacher"]
+    computed = teacher_metric.compute
+    teacher_metric.compute = lambda: {**computed(), "gap": torch.tensor(teacher_gaps[module.current_epoch])}
+    stopping = DelayedEarlyStopping("val/student/gap", after_student_joins=True, mode="max", patience=1)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    t = trainer(max_epochs=6, max_steps=-1, callbacks=[Record(), stopping, checkpoints], limit_val_batches=None,
+                enable_checkpointing=True)
+    t.fit(module, datamodule=TinyVideos())
+    joins, student = zip(*seen)
+    # Decided at the end of epoch 3, the second validation without improvement; the student trains from epoch 4.
+    assert joins == (None, None, None, None, 4, 4)
+    assert all(torch.equal(a, b) for weights in student[1:5] for a, b in zip(weights, student[0], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(student[5], student[4], strict=True))
+    # All six epochs ran: the student's early stopping (patience 1) ignored its GAP before it joined, which stays
+    # the same from epoch to epoch (nothing of the student trains) and would have stopped the fit after epoch 1.
+    assert len(seen) == 6
+    # A resumed fit keeps the decision, which the checkpoint holds.
+    resumed = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), student_head="own",
+                            student_start_patience=2)
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert checkpoint["student_join"] == {"join_epoch": 4, "best": pytest.approx(0.5), "wait": 2}
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.join_epoch == 4 and resumed._teacher_plateau == {"best": pytest.approx(0.5), "wait": 2}
+
+
+def test_a_student_that_joins_at_the_teachers_plateau_needs_validation():
+    module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4),
+                           student_start_patience=2)
+    with pytest.raises(ConfigError, match="student_start_patience waits for the teacher's validation GAP"):
+        trainer(max_epochs=1).fit(module, datamodule=TinyVideos())
+    with pytest.raises(ConfigError, match="student_start_patience=0 must be >= 1"):
+        DistillModule(hrnn(), NUM_CLASSES, sampler=UniformSampler(4), student_start_patience=0)
 
 
 def test_a_parallel_student_can_compare_with_an_average_of_its_teacher_in_evaluation_mode():

@@ -35,10 +35,12 @@ def with_run_settings(
     trainer: dict[str, Any] | None = None,
     stop_on: str | None = None,
     watch_from: int = 0,
+    after_student_joins: bool = False,
 ) -> dict[str, Any]:
     """``config`` with the grid's trainer settings (or ``trainer``, settings given instead), the seed, and the logs
     every cell keeps; with the grid's patience, early stopping on ``stop_on`` (default: the checkpoint's metric),
-    whose checks start at epoch ``watch_from`` (``DelayedEarlyStopping`` when it is not 0).
+    whose checks start at epoch ``watch_from`` and, with ``after_student_joins``, once a Parallel student whose join
+    is decided during the fit has joined (``DelayedEarlyStopping`` for either).
 
     Every run logs to a CSV file (per-epoch validation curves the report reads back) and an offline W&B run;
     ``vdistill`` puts both, the config and the checkpoints into the run directory the runner gives it
@@ -60,8 +62,10 @@ def with_run_settings(
         monitor = stop_on or trainer["callbacks"][-1].get("init_args", {}).get("monitor") or "val/gap"
         early = {"monitor": monitor, "mode": "max", "patience": grid.patience}
         stopping = EARLY_STOPPING
-        if watch_from:
+        if watch_from or after_student_joins:
             stopping, early = class_path(DelayedEarlyStopping), {**early, "start_epoch": watch_from}
+            if after_student_joins:
+                early["after_student_joins"] = True
         trainer["callbacks"].insert(-1, {"class_path": stopping, "init_args": early})
     return {**config, "seed_everything": seed, "trainer": trainer}
 
@@ -147,13 +151,15 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
     trainer = grid.trainer
     if cell.role in SELECTIONS.values():
         trainer = {key: value for key, value in grid.trainer.items() if key != "max_epochs"}
-    stop_on, watch_from = None, 0
+    stop_on, watch_from, after_join = None, 0, False
     if cell.variant is not None:
         trainer = deep_merge(trainer, cell.variant.trainer)
         stop_on = cell.variant.stop_on
         # A student that joins late cannot improve before it joins; the teacher's metric (stop_on) can.
-        watch_from = 0 if stop_on else cell.variant.module.get("student_start_epoch") or 0
-    settings = with_run_settings(config, cell.name, cell.seed, grid, trainer, stop_on, watch_from)
+        if not stop_on:
+            watch_from = cell.variant.module.get("student_start_epoch") or 0
+            after_join = cell.variant.module.get("student_start_patience") is not None
+    settings = with_run_settings(config, cell.name, cell.seed, grid, trainer, stop_on, watch_from, after_join)
     if cell.variant is not None and cell.variant.train_ks:
         # One checkpoint serves every k: the best by validation at the cell's one k would favour that k (measured
         # when it was the grid's first: tiny NetVLAD's any-k students kept epoch 2 of 4, best at k = 6, and lost

@@ -133,8 +133,8 @@ class StudentVariant:
         stop_on: the validation metric whose stalling stops the cell (the grid's ``patience``) instead of the
             checkpoint's, e.g. ``val/teacher/gap`` for a Parallel student: it then trains for as long as its
             teacher improves, and the tested weights are still the student's best. Without it, a Parallel student
-            that joins late (``module: {student_start_epoch: N}``) is watched from epoch N on
-            (``DelayedEarlyStopping``): its GAP cannot improve before it joins.
+            that joins late (``module: {student_start_epoch: N}``, or ``student_start_patience``) is watched from its
+            join on (``DelayedEarlyStopping``): its GAP cannot improve before it joins.
         trainer: ``Trainer`` arguments of this variant's cells over the grid's, e.g. ``{max_epochs: 30}`` for a
             student that joins late and needs the grid's epochs after it joins.
     """

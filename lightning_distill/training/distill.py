@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -31,6 +33,8 @@ from lightning_distill.training.student import default_student_loss
 # How a Parallel student's classifier is trained (DistillModule's student_head).
 StudentHead = Literal["shared", "teacher_trained", "own"]
 STUDENT_HEADS = get_args(StudentHead)
+# Checkpoint key of the join decided by the teacher's plateau (student_start_patience), for resumed fits.
+STUDENT_JOIN = "student_join"
 
 
 class DistillModule(VideoClassifierModule):
@@ -69,7 +73,13 @@ class DistillModule(VideoClassifierModule):
             would a Serial student's.
             0: together from the first step (the paper's setting). Early stopping on the student's metric should
             start counting at N (``DelayedEarlyStopping(start_epoch=N)``, as the experiment grid sets): the
-            student's validation GAP cannot improve before it starts.
+            student's validation GAP cannot improve before it starts. With ``student_start_patience`` it is the
+            earliest epoch the student may join.
+        student_start_patience: P: the student joins when the teacher's validation GAP (``val/teacher/gap``) has
+            not improved for P validations (no earlier than ``student_start_epoch``), so the join follows the
+            teacher's progress on the data at hand instead of a fixed epoch; the epoch decided is kept in
+            checkpoints. None: the student joins at ``student_start_epoch``. Needs validation every epoch or so;
+            with early stopping on the student's metric use ``DelayedEarlyStopping(after_student_joins=True)``.
         train_sampler: the student's frames in training batches; default: ``sampler`` (see ``TeacherModule``).
         student_head: how the student's classifier is trained. ``"shared"`` (the paper's): one head, trained by
             the teacher's and the student's terms. ``"teacher_trained"``: one head, trained by the teacher's L_CE
@@ -105,6 +115,7 @@ class DistillModule(VideoClassifierModule):
         student_head: StudentHead = "shared",
         student_start_epoch: int = 0,
         teacher_average_decay: float | None = None,
+        student_start_patience: int | None = None,
     ) -> None:
         # A copy made before the student's encoder adapts to its k frames (H-RNN's block length).
         teacher_encoder = teacher_encoder or copy.deepcopy(encoder)
@@ -131,6 +142,12 @@ class DistillModule(VideoClassifierModule):
         if student_start_epoch < 0:
             raise ConfigError(f"student_start_epoch={student_start_epoch} must be >= 0")
         self.student_start_epoch = student_start_epoch
+        if student_start_patience is not None and student_start_patience < 1:
+            raise ConfigError(f"student_start_patience={student_start_patience} must be >= 1, or null")
+        self.student_start_patience = student_start_patience
+        # The epoch the student joins at: decided by the teacher's plateau when student_start_patience is set.
+        self.join_epoch: int | None = student_start_epoch if student_start_patience is None else None
+        self._teacher_plateau = {"best": -math.inf, "wait": 0}
         self.averaged_teacher = None
         if teacher_average_decay is not None:
             if not 0 <= teacher_average_decay < 1:
@@ -140,8 +157,15 @@ class DistillModule(VideoClassifierModule):
             # Out of the optimiser and of DDP's gradient reduction: it changes by averaging alone.
             self.averaged_teacher.requires_grad_(False)
 
+    @property
+    def student_started(self) -> bool:
+        """Whether the student's loss is part of the total at the current epoch (always, outside a fit)."""
+        if self._trainer is None:
+            return True
+        return self.join_epoch is not None and self.current_epoch >= self.join_epoch
+
     def parameter_groups(self) -> list[nn.Parameter] | list[dict[str, Any]]:
-        if not self.student_start_epoch:
+        if self.join_epoch == 0:
             return super().parameter_groups()
         # The student's encoder (and own head) in a group of its own (the second), whose rate restarts when the
         # student does.
@@ -158,8 +182,43 @@ class DistillModule(VideoClassifierModule):
         if self.averaged_teacher is not None:
             self.averaged_teacher.update_parameters(self._teacher_network())
 
+    def on_fit_start(self) -> None:
+        if self.student_start_patience is not None and not self.trainer.limit_val_batches:
+            raise ConfigError(
+                "student_start_patience waits for the teacher's validation GAP, but the fit runs no validation: "
+                "set trainer.limit_val_batches above 0, or join at a fixed student_start_epoch"
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        deciding = self.join_epoch is None and not self.trainer.sanity_checking and self.trainer.state.fn == "fit"
+        # Before the metrics are reset, and before the checkpoint callbacks save, so a checkpoint holds the decision.
+        # compute() gathers every rank's videos, so every rank decides alike.
+        gap = float(self.metrics["val"]["teacher"].compute()["gap"]) if deciding else None
+        super().on_validation_epoch_end()
+        if gap is None:
+            return
+        plateau = self._teacher_plateau
+        plateau["wait"] = 0 if gap > plateau["best"] else plateau["wait"] + 1
+        plateau["best"] = max(plateau["best"], gap)
+        if plateau["wait"] >= self.student_start_patience:
+            self.join_epoch = max(self.current_epoch + 1, self.student_start_epoch)
+            rank_zero_info(f"student joins at epoch {self.join_epoch}: the teacher's validation GAP has not "
+                           f"improved on {plateau['best']:.4f} for {plateau['wait']} validations")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.student_start_patience is not None:
+            checkpoint[STUDENT_JOIN] = {"join_epoch": self.join_epoch, **self._teacher_plateau}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        join = checkpoint.pop(STUDENT_JOIN, None)
+        if join is not None and self.student_start_patience is not None:
+            self.join_epoch = join["join_epoch"]
+            self._teacher_plateau = {"best": join["best"], "wait": join["wait"]}
+        super().on_load_checkpoint(checkpoint)
+
     def on_train_epoch_start(self) -> None:
-        if self.student_start_epoch and self.current_epoch == self.student_start_epoch:
+        if self.join_epoch and self.current_epoch == self.join_epoch:
             group = self.optimizers().optimizer.param_groups[1]
             group["lr"] = group.get("initial_lr", group["lr"])
             if self.teacher_head is not None:
@@ -196,17 +255,16 @@ class DistillModule(VideoClassifierModule):
             parts = {**parts, **{name: scale * parts[name] for name in comparing}}
             parts["total"] = sum(value for name, value in parts.items() if name != "total")
         student = loss_log_names(parts, "student")
-        total = teacher["teacher/loss"] + (student["student/loss"] if self._student_started() else 0.0)
+        total = teacher["teacher/loss"] + (student["student/loss"] if self.student_started else 0.0)
         return {"loss": total, **teacher, **student}
-
-    def _student_started(self) -> bool:
-        return self._trainer is None or self.current_epoch >= self.student_start_epoch
 
     def _teacher_terms_scale(self) -> float:
         """The warm-up factor of the terms that compare with the teacher at the current training step."""
         if not self.warmup_epochs or self._trainer is None:
             return 1.0
-        epochs = self.global_step / max(self.trainer.num_training_batches, 1) - self.student_start_epoch
+        if self.join_epoch is None:
+            return 0.0
+        epochs = self.global_step / max(self.trainer.num_training_batches, 1) - self.join_epoch
         return min(1.0, max(epochs, 0.0) / self.warmup_epochs)
 
 
