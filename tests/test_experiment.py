@@ -478,6 +478,26 @@ def test_an_any_k_student_is_trained_once_per_seed_and_tested_at_every_k(tmp_pat
     assert checkpoint["init_args"]["monitor"] is None and checkpoint["init_args"]["filename"] == "best"
 
 
+def test_an_any_k_variant_with_train_every_batch_sees_every_batch_at_those_ks_too(tmp_path):
+    variant = StudentVariant("serial", ["rep", "pred", "ce"], train_ks=[6, 9, 12], train_every_batch=[12, 6])
+    assert variant.slug == "serial-rep_pred_ce-any-k-also-k6-k12"
+    grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6, 12], baselines=[], students=[variant])
+    cells = {cell.name: cell for cell in expand_grid(grid)}
+    for k in (6, 12):
+        cell = cells[f"serial-rep_pred_ce-any-k-also-k6-k12-k{k}-s0"]
+        run = CellRun(cell, cell_configs(cell, grid, ExperimentLayout(tmp_path), dict(FILES)), "f")
+        assert run.fits[-1].config["model"]["init_args"]["train_sampler"]["init_args"] == {
+            "ks": [6, 9, 12], "selection": "uniform", "every_batch": [12, 6]}
+
+    def grid_of(student):
+        return Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6], baselines=[], students=[student])
+
+    with pytest.raises(ConfigError, match="sets train_every_batch but no train_ks"):
+        expand_grid(grid_of(StudentVariant("serial", ["ce"], train_every_batch=[6])))
+    with pytest.raises(ConfigError, match=r"train_every_batch \[30\] of .* are not among its train_ks \[6, 9\]"):
+        expand_grid(grid_of(StudentVariant("serial", ["ce"], train_ks=[6, 9], train_every_batch=[30])))
+
+
 def test_a_baseline_of_the_teachers_weights_only_tests_the_seeds_teacher_on_k_frames(tmp_path):
     baseline = Baseline("uniform", weights="teacher")
     grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6, 30], seeds=[0, 1], baselines=[baseline],

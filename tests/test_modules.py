@@ -369,6 +369,46 @@ def test_any_k_student_trains_at_drawn_ks_and_is_evaluated_at_a_k_chosen_at_run_
     assert not torch.allclose(predictions[2], predictions[6])
 
 
+def test_any_k_student_with_every_batch_ks_trains_each_batch_at_the_drawn_and_those_ks(teacher_ckpt):
+    torch.manual_seed(0)
+    data = TinyVideos(num_videos=48, batch_size=4)
+    student = StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4),
+                            train_sampler=AnyKSampler([2, 4, 6], every_batch=[2, 6]), teacher_targets="live")
+    assert student.frame_views("validate") == {"student": student.sampler}
+    widths = []
+
+    class RecordWidths(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            widths.append({name: view.frames.shape[1] for name, view in batch.views.items()})
+
+    trainer(max_steps=12, callbacks=[RecordWidths()]).fit(student, datamodule=data)
+    assert {w["student"] for w in widths} == {2, 4, 6}
+    assert all(w["student_k2"] == 2 and w["student_k6"] == 6 and "teacher" in w for w in widths)
+
+    # The minimised total is every view's total summed: here L_CE by hand on each view's probabilities.
+    ce_only = StudentModule(hrnn(block_length=2), NUM_CLASSES, sampler=UniformSampler(4),
+                            train_sampler=AnyKSampler([2, 4, 6], every_batch=[2, 6]),
+                            loss={"ce": ClassificationLoss()})
+    views = {"student": UniformSampler(4), "student_k2": UniformSampler(2), "student_k6": UniformSampler(6)}
+    batch = data.batches(views)[0]
+    outputs = ce_only.model_step(batch)
+    losses = ce_only.losses(outputs, batch.labels)
+    by_hand = {name: classification_loss(outputs[name].probabilities, batch.labels) for name in views}
+    assert torch.allclose(losses["loss/ce"], by_hand["student"])
+    assert torch.allclose(losses["k2/loss/ce"], by_hand["student_k2"])
+    assert torch.allclose(losses["k6/loss/ce"], by_hand["student_k6"])
+    assert torch.allclose(losses["loss"], sum(by_hand.values()))
+
+
+@pytest.mark.parametrize("make", [
+    lambda sampler: teacher_module(train_sampler=sampler),
+    lambda sampler: DistillModule(hrnn(block_length=2), NUM_CLASSES, sampler=UniformSampler(4), train_sampler=sampler),
+])
+def test_every_batch_ks_outside_a_student_are_a_config_error(make):
+    with pytest.raises(ConfigError, match="AnyKSampler\\(every_batch=...\\) would be ignored"):
+        make(AnyKSampler([2, 4], every_batch=[4]))
+
+
 def test_any_k_student_checks_every_k_against_the_blocks(teacher_ckpt):
     with pytest.raises(ConfigError, match="k=3 is not a multiple"):
         StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4),

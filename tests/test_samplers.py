@@ -121,6 +121,17 @@ def test_any_k_draws_one_k_per_batch_from_its_generator_and_selects_like_that_k(
     assert all(count >= 5 for count in counts.values()), counts
 
 
+def test_any_k_every_batch_ks_are_the_selection_at_those_ks():
+    sampler = AnyKSampler([6, 30, 10], selection="random", every_batch=[30, 6])
+    assert sampler.every_batch == [6, 30]
+    assert {k: (type(s), s.k) for k, s in sampler.every_batch_samplers.items()} == {6: (RandomSampler, 6),
+                                                                                   30: (RandomSampler, 30)}
+    assert repr(sampler) == "AnyKSampler(ks=[6, 30, 10], selection='random', every_batch=[6, 30])"
+    assert AnyKSampler([6, 30]).every_batch_samplers == {}
+    with pytest.raises(ConfigError, match=r"\[12\] not among ks=\[6, 30\]"):
+        AnyKSampler([6, 30], every_batch=[12])
+
+
 @pytest.mark.parametrize(("ks", "selection", "message"), [([], "uniform", "ks=\\[\\]"), ([0, 4], "uniform", ">= 1"),
                                                           ([4], "evenly", "choose from uniform")])
 def test_any_k_bad_settings_are_config_errors(ks, selection, message):

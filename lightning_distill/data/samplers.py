@@ -319,18 +319,32 @@ class AnyKSampler(FrameSampler):
         ks: the frame counts to train at (each >= 1); a k listed twice is drawn twice as often.
         selection: the k-frame scheme at the drawn k, a ``FrameSampler.registry`` key (``uniform``, ``random``,
             ...).
+        every_batch: ks (among ``ks``) that every training batch is also seen at, besides the drawn k, their losses
+            added: ``[30]`` trains the largest k in every batch, ``[6, 30]`` is the "sandwich rule" of slimmable
+            networks (Yu & Huang, ICCV 2019: the smallest and the largest every step). Drawn in one batch of
+            ``len(ks)``, an extreme k trains least for what it must cover; each listed k costs one more forward pass
+            per step. ``StudentModule`` reads it (``every_batch_samplers``).
     """
 
-    def __init__(self, ks: list[int], selection: str = "uniform") -> None:
+    def __init__(self, ks: list[int], selection: str = "uniform", every_batch: list[int] | None = None) -> None:
         if not ks or any(k < 1 for k in ks):
             raise ConfigError(f"AnyKSampler(ks={ks}): list frame counts >= 1 to train at, e.g. [6, 10, 15, 20, 30]")
         if selection not in FrameSampler.registry:
             known = ", ".join(FrameSampler.registry)
             raise ConfigError(f"AnyKSampler(selection={selection!r}) is unknown: choose from {known}")
+        stray = [k for k in every_batch or [] if k not in ks]
+        if stray:
+            raise ConfigError(f"AnyKSampler(every_batch={every_batch}): {stray} not among ks={list(ks)}; list ks of ks")
         self.ks = list(ks)
         self.samplers = [FrameSampler.registry[selection](k) for k in self.ks]
         self.selection = selection
         self.k = max(self.ks)
+        self.every_batch = sorted(set(every_batch or []))
+
+    @property
+    def every_batch_samplers(self) -> dict[int, FrameSampler]:
+        """k -> the ``selection`` scheme at that k, for each k of ``every_batch``."""
+        return {k: FrameSampler.registry[self.selection](k) for k in self.every_batch}
 
     def indices(self, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B,) -> (B, k) long, for one k drawn from ``ks``."""
@@ -338,7 +352,8 @@ class AnyKSampler(FrameSampler):
         return self.samplers[choice].indices(lengths, generator)
 
     def __repr__(self) -> str:
-        return f"AnyKSampler(ks={self.ks}, selection={self.selection!r})"
+        every_batch = f", every_batch={self.every_batch}" if self.every_batch else ""
+        return f"AnyKSampler(ks={self.ks}, selection={self.selection!r}{every_batch})"
 
 
 __all__ = [

@@ -145,6 +145,8 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
         config["model"]["init_args"] = deep_merge(init_args, cell.variant.module)
         if cell.variant.train_ks:
             any_k = {"ks": list(cell.variant.train_ks), "selection": cell.sampler}
+            if cell.variant.train_every_batch:
+                any_k["every_batch"] = list(cell.variant.train_every_batch)
             config["model"]["init_args"]["train_sampler"] = {"class_path": class_path(AnyKSampler), "init_args": any_k}
 
     # A frame scorer trains for its role's epochs: the grid's max_epochs is about the models it compares.

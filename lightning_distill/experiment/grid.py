@@ -112,10 +112,12 @@ class StudentVariant:
         weights: optional weight per term (default: the base config's weights, else 1).
         options: optional settings per term, e.g. ``{rep: {form: standardized}}`` (merged into its init_args).
         tag: tells variants of the same mode and losses apart (``parallel-rep_pred_ce-std``); shown in the label.
-            An any-k variant without a tag is tagged ``any-k``.
         module: further init_args of the variant's module, e.g. ``{warmup_epochs: 1}`` for a Parallel student.
         train_ks: makes an any-k student (Serial only): ONE student per seed, trained with a k drawn per batch from
             these (``AnyKSampler``) and tested at every k of the grid, each k's cell testing that one checkpoint.
+            An any-k variant without a tag is tagged ``any-k`` (``any-k-also-k6-k30`` with ``train_every_batch``).
+        train_every_batch: with ``train_ks``, ks among them that every training batch is also seen at, their losses
+            added (``AnyKSampler(every_batch=...)``), e.g. ``[6, 30]``: the smallest and the largest.
         teachers: the families (config parts under ``family/``) whose teachers the student distils from, as one
             ensemble (Serial only, ``StudentModule``'s ``ensemble_teachers``); the grid trains a teacher of each
             family per seed. None: the grid family's teacher alone, the paper's Serial student. Without a tag the
@@ -146,6 +148,7 @@ class StudentVariant:
     tag: str = ""
     module: ConfigPart = field(default_factory=dict)
     train_ks: list[int] | None = None
+    train_every_batch: list[int] | None = None
     teachers: list[str] | None = None
     selection: str | None = None
     scorer: ConfigPart = field(default_factory=dict)
@@ -155,7 +158,8 @@ class StudentVariant:
 
     def __post_init__(self) -> None:
         if self.train_ks and not self.tag:
-            self.tag = "any-k"
+            also = "".join(f"-k{k}" for k in sorted(set(self.train_every_batch or [])))
+            self.tag = f"any-k-also{also}" if also else "any-k"
         if self.teachers and not self.tag:
             self.tag = self._teachers_tag
         if self.selection and not self.tag:
@@ -363,6 +367,15 @@ def _check_variant(variant: StudentVariant) -> None:
             raise ConfigError(
                 f"train_ks {variant.train_ks} of {variant.slug}: list frame counts >= 1, e.g. [6, 10, 30]"
             )
+        stray = [k for k in variant.train_every_batch or [] if k not in variant.train_ks]
+        if stray:
+            raise ConfigError(
+                f"train_every_batch {stray} of {variant.slug} are not among its train_ks {variant.train_ks}"
+            )
+    elif variant.train_every_batch:
+        raise ConfigError(
+            f"{variant.slug} sets train_every_batch but no train_ks: list the ks to draw from, or drop it"
+        )
     if variant.selection is not None:
         if variant.selection not in SELECTIONS:
             raise ConfigError(

@@ -70,10 +70,13 @@ class VideoClassifierModule(L.LightningModule, ABC):
     Attributes:
         evaluated_roles: the roles whose predictions are scored at validation and test.
         predicting_role: the role whose view and predictions ``predict_step`` uses.
+        trains_every_batch_views: whether the module honours ``AnyKSampler(every_batch=...)`` (more training
+            views, at fixed ks); any other refuses such a sampler rather than ignore the setting.
     """
 
     evaluated_roles: tuple[str, ...]
     predicting_role: str
+    trains_every_batch_views = False
 
     def __init__(
         self,
@@ -88,6 +91,11 @@ class VideoClassifierModule(L.LightningModule, ABC):
         super().__init__()
         check_blocks(encoder, sampler, self.predicting_role)
         self.train_sampler = train_sampler or sampler
+        if getattr(self.train_sampler, "every_batch", None) and not self.trains_every_batch_views:
+            raise ConfigError(
+                f"{type(self).__name__} trains one view per batch, so AnyKSampler(every_batch=...) would be ignored: "
+                "use it with a StudentModule, or drop every_batch"
+            )
         for k in getattr(self.train_sampler, "ks", [self.train_sampler.k]):
             if k is not None:  # every frame: a model that skims them all (models/skim.py)
                 check_blocks(encoder, UniformSampler(k), f"{self.predicting_role}'s training view", adapt=False)

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.data.batch import VideoBatch
-from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, UniformSampler
+from lightning_distill.data.samplers import AllFramesSampler, AnyKSampler, FrameSampler, UniformSampler
 from lightning_distill.errors import ConfigError
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.heads import ClassifierHead, LogisticHead
@@ -43,6 +43,9 @@ from lightning_distill.training.teacher_targets import (
 )
 
 TEACHER_PREFIX = "teacher."
+# The views (and outputs) of an any-k student's every training batch at fixed ks (AnyKSampler.every_batch):
+# "student_k30" for k = 30.
+EVERY_BATCH_VIEW = "student_k{k}"
 ADAPTER_PREFIX = "adapter."
 # The teacher outputs a target cache keeps: video-level ones (data/target_cache.py).
 CACHEABLE_OUTPUTS = frozenset({"representation", "probabilities"})
@@ -101,6 +104,9 @@ class StudentModule(VideoClassifierModule):
         train_sampler: the student's frames in training batches; default: ``sampler``. An ``AnyKSampler`` makes an
             any-k student: trained at a k drawn per batch, it is evaluated (and predicts) at ``sampler``'s k, which
             a later ``vdistill test``/``predict`` may set to any value (``--model.init_args.sampler.init_args.k``).
+            With ``every_batch`` each batch is also seen at those ks and every view's total is summed
+            (``train/loss``; the drawn k's terms log as ``train/loss/<term>``, k = 30's as
+            ``train/k30/loss/<term>``).
         ensemble_teachers: further ``TeacherModule`` checkpoints, of any family, distilled from together with
             ``teacher_checkpoint`` (see above); they need cached targets and loss terms on video-level outputs.
         head_from_teacher: start the head from the teacher's trained head (the paper's shared classifier); False
@@ -112,6 +118,7 @@ class StudentModule(VideoClassifierModule):
 
     evaluated_roles = ("student",)
     predicting_role = "student"
+    trains_every_batch_views = True
 
     def __init__(
         self,
@@ -189,9 +196,16 @@ class StudentModule(VideoClassifierModule):
         return ([self.teacher_checkpoint] if self.teacher_checkpoint else []) + self.ensemble_teachers
 
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
-        if stage == "fit" and self.criterion.needs_teacher and self.teacher_checkpoint and not self._targets_cached:
-            return {"teacher": self.teacher_sampler, "student": self.train_sampler}
-        return {"student": self.own_sampler(stage)}
+        if stage != "fit":
+            return {"student": self.own_sampler(stage)}
+        views = {}
+        if self.criterion.needs_teacher and self.teacher_checkpoint and not self._targets_cached:
+            views["teacher"] = self.teacher_sampler
+        views["student"] = self.train_sampler
+        if isinstance(self.train_sampler, AnyKSampler):
+            for k, sampler in self.train_sampler.every_batch_samplers.items():
+                views[EVERY_BATCH_VIEW.format(k=k)] = sampler
+        return views
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -236,6 +250,7 @@ class StudentModule(VideoClassifierModule):
 
     def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
         outputs = {"student": self(batch.views["student"])}
+        outputs.update({name: self(view) for name, view in batch.views.items() if _is_every_batch_view(name)})
         if batch.targets is not None:
             outputs["teacher"] = ensemble_output([ModelOutput.from_targets(rows) for rows in batch.targets])
         elif self.teacher is not None and self.criterion.needs_teacher and "teacher" in batch.views:
@@ -246,10 +261,18 @@ class StudentModule(VideoClassifierModule):
         return outputs
 
     def losses(self, outputs: dict[str, ModelOutput], labels: Tensor) -> dict[str, Tensor]:
-        student = outputs["student"]
+        parts = loss_log_names(self._criterion(outputs["student"], outputs.get("teacher"), labels))
+        for name in filter(_is_every_batch_view, outputs):
+            role = name.removeprefix("student_")
+            extra = loss_log_names(self._criterion(outputs[name], outputs.get("teacher"), labels), role)
+            parts = {**parts, **extra, "loss": parts["loss"] + extra[f"{role}/loss"]}
+        return parts
+
+    def _criterion(self, student: ModelOutput, teacher: ModelOutput | None, labels: Tensor) -> dict[str, Tensor]:
+        """The loss parts of one student output (through the ensemble's adapter, if any)."""
         if self.adapter is not None:
             student = self.adapter.adapt(student)
-        return loss_log_names(self.criterion(student, outputs.get("teacher"), labels))
+        return self.criterion(student, teacher, labels)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -290,6 +313,11 @@ class StudentModule(VideoClassifierModule):
         check_blocks(teacher.encoder, self.teacher_sampler, "teacher")
         _check_same_head(teacher.head, self.head, path)
         return teacher
+
+
+def _is_every_batch_view(name: str) -> bool:
+    """Whether ``name`` is one of the views ``AnyKSampler.every_batch`` adds (``EVERY_BATCH_VIEW``)."""
+    return name.startswith(EVERY_BATCH_VIEW.format(k=""))
 
 
 def _check_same_head(teacher_head: nn.Module, student_head: nn.Module, path: str) -> None:
