@@ -344,7 +344,7 @@ class AnyKSampler(FrameSampler):
     @property
     def every_batch_samplers(self) -> dict[int, FrameSampler]:
         """k -> the ``selection`` scheme at that k, for each k of ``every_batch``."""
-        return {k: FrameSampler.registry[self.selection](k) for k in self.every_batch}
+        return {k: self.samplers[self.ks.index(k)] for k in self.every_batch}
 
     def indices(self, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B,) -> (B, k) long, for one k drawn from ``ks``."""
