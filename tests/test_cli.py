@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import subprocess
 import logging
 import sys
 from pathlib import Path
@@ -267,3 +268,26 @@ def test_runs_log_config_cost_and_metrics(synthetic_tfrecords, tmp_path, monkeyp
     (metrics,) = tmp_path.glob("logs/**/metrics.csv")
     header = metrics.read_text().splitlines()[0].split(",")
     assert {"train/loss", "train/loss/ce", "val/gap", "val/map_all_classes"} <= set(header)
+
+
+def test_help_and_the_data_commands_import_neither_torch_nor_lightning(tmp_path):
+    """`vdistill --help`, synth, convert and inspect start without torch or Lightning (issue #11: their start-up is
+    a fraction of `import lightning.pytorch`); run for real, in a fresh interpreter, on a small data set."""
+    data, store = tmp_path / "data", tmp_path / "train.h5"
+    commands = [["--help"], ["synth", f"--output={data}", "--train_videos=8", "--validate_videos=2",
+                             "--test_videos=2", "--min_frames=6", "--max_frames=12", "--shards_per_split=1"],
+                ["convert", f"--input={data}/train*.tfrecord", f"--output={store}"], ["inspect", f"--store={store}"]]
+    code = "\n".join([
+        "import sys",
+        "from lightning_distill.cli.main import main",
+        f"for argv in {commands!r}:",
+        "    try:",
+        "        main(argv)",
+        "    except SystemExit as stop:",
+        "        assert not stop.code, (argv, stop.code)",
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('torch', 'lightning')))",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert len(FrameStore(store)) == 8
