@@ -334,7 +334,7 @@ class AnyKSampler(FrameSampler):
             raise ConfigError(f"AnyKSampler(selection={selection!r}) is unknown: choose from {known}")
         stray = [k for k in every_batch or [] if k not in ks]
         if stray:
-            raise ConfigError(f"AnyKSampler(every_batch={every_batch}): {stray} not among ks={list(ks)}; list ks of ks")
+            raise ConfigError(f"AnyKSampler(every_batch={every_batch}): {stray} not among ks={list(ks)}; name drawn ks")
         self.ks = list(ks)
         self.samplers = [FrameSampler.registry[selection](k) for k in self.ks]
         self.selection = selection
