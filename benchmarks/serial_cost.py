@@ -20,23 +20,18 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
+from timing import print_median_table, wall_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def vdistill(*args: str, cwd: Path) -> float:
     """Run `vdistill args` as a user would; returns its wall time in seconds."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "lightning_distill.cli.main", *args], cwd=cwd, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"vdistill {' '.join(args[:2])} failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
+    return wall_seconds([sys.executable, "-m", "lightning_distill.cli.main", *args], cwd=cwd)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,13 +74,8 @@ def main(argv: list[str] | None = None) -> None:
                     build_seconds.append(float(f.attrs["build_seconds"]))
         for cache in (data / "stores").glob("train.targets-*.h5*"):
             cache.unlink()  # the next repeat's teacher is a new checkpoint: a new cache anyway
-    teacher = statistics.median(seconds["teacher"])
     print(f"{configs.name}/{args.family}: whole `vdistill fit` processes, median of {args.repeats}\n")
-    print("| fit | seconds | / teacher |")
-    print("|---|---:|---:|")
-    for name, values in seconds.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median:.1f} | {median / teacher:.2f} |")
+    print_median_table(seconds, "teacher", "fit")
     print(f"\nteacher-target cache build (inside the cold student's fit): {statistics.median(build_seconds):.1f} s")
     print(json.dumps({name: values for name, values in seconds.items()}))
 

@@ -11,26 +11,19 @@ Target (#11): `vdistill --help` and convert/synth/inspect within 1.5x the Lightn
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
 import sys
-import time
 
+from timing import print_median_table, wall_seconds
+
+IMPORT = "`import lightning.pytorch`"
 COMMANDS = {
-    'python -c "import lightning.pytorch"': ["-c", "import lightning.pytorch"],
-    "vdistill --help": ["-m", "lightning_distill.cli.main", "--help"],
-    "vdistill convert --help": ["-m", "lightning_distill.cli.main", "convert", "--help"],
-    "vdistill synth --help": ["-m", "lightning_distill.cli.main", "synth", "--help"],
-    "vdistill inspect --help": ["-m", "lightning_distill.cli.main", "inspect", "--help"],
-    "vdistill fit --help": ["-m", "lightning_distill.cli.main", "fit", "--help"],
+    IMPORT: ["-c", "import lightning.pytorch"],
+    "`vdistill --help`": ["-m", "lightning_distill.cli.main", "--help"],
+    "`vdistill convert --help`": ["-m", "lightning_distill.cli.main", "convert", "--help"],
+    "`vdistill synth --help`": ["-m", "lightning_distill.cli.main", "synth", "--help"],
+    "`vdistill inspect --help`": ["-m", "lightning_distill.cli.main", "inspect", "--help"],
+    "`vdistill fit --help`": ["-m", "lightning_distill.cli.main", "fit", "--help"],
 }
-
-
-def wall_seconds(args: list[str]) -> float:
-    """Wall time of one `python args` process."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, *args], check=True, capture_output=True)
-    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,14 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     seconds: dict[str, list[float]] = {name: [] for name in COMMANDS}
     for _ in range(args.repeats):
         for name, command in COMMANDS.items():
-            seconds[name].append(wall_seconds(command))
-    reference = statistics.median(seconds['python -c "import lightning.pytorch"'])
-    print(f"whole processes, median of {args.repeats}\n")
-    print("| command | seconds | / import lightning.pytorch |")
-    print("|---|---:|---:|")
-    for name, values in seconds.items():
-        median = statistics.median(values)
-        print(f"| `{name}` | {median:.2f} | {median / reference:.2f} |")
+            seconds[name].append(wall_seconds([sys.executable, *command]))
+    print(f"whole processes, median of {args.repeats}; {IMPORT} is `python -c \"import lightning.pytorch\"`\n")
+    print_median_table(seconds, IMPORT, "command", digits=2)
 
 
 if __name__ == "__main__":
