@@ -701,9 +701,7 @@ def test_a_parallel_student_can_join_when_its_teachers_validation_gap_stops_impr
 
     module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), student_head="own",
                            student_start_patience=2)
-    teacher_metric = module.metrics["val"]["teacher"]
-    computed = teacher_metric.compute
-    teacher_metric.compute = lambda: {**computed(), "gap": torch.tensor(teacher_gaps[module.current_epoch])}
+    scripted_teacher_gaps(module, teacher_gaps)
     stopping = DelayedEarlyStopping("val/student/gap", after_student_joins=True, mode="max", patience=1)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
     t = trainer(max_epochs=6, max_steps=-1, callbacks=[Record(), stopping, checkpoints], limit_val_batches=None,
@@ -724,6 +722,55 @@ def test_a_parallel_student_can_join_when_its_teachers_validation_gap_stops_impr
     assert checkpoint["student_join"] == {"join_epoch": 4, "best": pytest.approx(0.5), "wait": 2}
     resumed.on_load_checkpoint(checkpoint)
     assert resumed.join_epoch == 4 and resumed._teacher_plateau == {"best": pytest.approx(0.5), "wait": 2}
+
+
+def scripted_teacher_gaps(module: DistillModule, gaps: list[float]) -> None:
+    """Make the module's validation see ``gaps[epoch]`` as the teacher's GAP (the rest of its metrics as computed)."""
+    teacher_metric = module.metrics["val"]["teacher"]
+    computed = teacher_metric.compute
+    teacher_metric.compute = lambda: {**computed(), "gap": torch.tensor(gaps[module.current_epoch])}
+
+
+def test_a_student_waiting_for_a_teacher_that_keeps_improving_joins_at_student_start_latest():
+    torch.manual_seed(0)
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):  # after the module's epoch-start hook
+            if batch_idx == 0:
+                seen.append((module.join_epoch, [p.detach().clone() for p in module.encoder.parameters()]))
+
+    module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), student_head="own",
+                           student_start_patience=2, student_start_latest=3)
+    scripted_teacher_gaps(module, [0.3, 0.4, 0.5, 0.6, 0.7])  # better every epoch: no plateau
+    trainer(max_epochs=5, max_steps=-1, callbacks=[Record()], limit_val_batches=None).fit(module, datamodule=TinyVideos())
+    joins, student = zip(*seen)
+    assert joins == (None, None, None, 3, 3)
+    assert all(torch.equal(a, b) for weights in student[1:4] for a, b in zip(weights, student[0], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(student[4], student[3], strict=True))
+
+
+def test_a_fit_whose_student_never_joins_warns_that_its_checkpoints_hold_an_untrained_student():
+    module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4),
+                           student_start_patience=2)
+    scripted_teacher_gaps(module, [0.3, 0.4, 0.5])
+    with pytest.warns(UserWarning, match="the student never trained: the fit ended after 3 epochs, before the "
+                                         "teacher's validation GAP stalled .* set student_start_latest"):
+        trainer(max_epochs=3, max_steps=-1, limit_val_batches=None).fit(module, datamodule=TinyVideos())
+    joins_at_the_end = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4),
+                                     student_start_epoch=3)
+    with pytest.warns(UserWarning, match="the student never trained: .* was to join at epoch 3"):
+        trainer(max_epochs=3, max_steps=-1).fit(joins_at_the_end, datamodule=TinyVideos())
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"student_start_latest": 4}, "student_start_latest bounds a join .* student_start_patience is not set"),
+    ({"student_start_patience": 2, "student_start_epoch": 5, "student_start_latest": 4},
+     "student_start_latest=4 is before student_start_epoch=5"),
+])
+def test_student_start_latest_needs_a_plateau_join_and_no_earlier_than_the_start(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), **settings)
 
 
 def test_a_student_that_joins_at_the_teachers_plateau_needs_validation():

@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -80,6 +80,10 @@ class DistillModule(VideoClassifierModule):
             teacher's progress on the data at hand instead of a fixed epoch; the epoch decided is kept in
             checkpoints. None: the student joins at ``student_start_epoch``. Needs validation every epoch or so;
             with early stopping on the student's metric use ``DelayedEarlyStopping(after_student_joins=True)``.
+            A fit in which the student never joins ends with a warning: its checkpoints hold an untrained student.
+        student_start_latest: with ``student_start_patience``, the epoch the student joins at if the teacher's GAP
+            is still improving by then: a teacher that converges slowly (NeXtVLAD on some data improves for 20+
+            epochs) would otherwise leave the student no epochs to train. None: no deadline.
         train_sampler: the student's frames in training batches; default: ``sampler`` (see ``TeacherModule``).
         student_head: how the student's classifier is trained. ``"shared"`` (the paper's): one head, trained by
             the teacher's and the student's terms. ``"teacher_trained"``: one head, trained by the teacher's L_CE
@@ -116,6 +120,7 @@ class DistillModule(VideoClassifierModule):
         student_start_epoch: int = 0,
         teacher_average_decay: float | None = None,
         student_start_patience: int | None = None,
+        student_start_latest: int | None = None,
     ) -> None:
         # A copy made before the student's encoder adapts to its k frames (H-RNN's block length).
         teacher_encoder = teacher_encoder or copy.deepcopy(encoder)
@@ -145,6 +150,17 @@ class DistillModule(VideoClassifierModule):
         if student_start_patience is not None and student_start_patience < 1:
             raise ConfigError(f"student_start_patience={student_start_patience} must be >= 1, or null")
         self.student_start_patience = student_start_patience
+        if student_start_latest is not None and student_start_patience is None:
+            raise ConfigError(
+                "student_start_latest bounds a join decided by the teacher's plateau, but student_start_patience is "
+                "not set: set it, or join at a fixed student_start_epoch"
+            )
+        if student_start_latest is not None and student_start_latest < student_start_epoch:
+            raise ConfigError(
+                f"student_start_latest={student_start_latest} is before student_start_epoch={student_start_epoch}, "
+                "the earliest the student may join: make it >= student_start_epoch"
+            )
+        self.student_start_latest = student_start_latest
         # The epoch the student joins at: decided by the teacher's plateau when student_start_patience is set.
         self.join_epoch: int | None = student_start_epoch if student_start_patience is None else None
         self._teacher_plateau = {"best": -math.inf, "wait": 0}
@@ -218,12 +234,29 @@ class DistillModule(VideoClassifierModule):
         super().on_load_checkpoint(checkpoint)
 
     def on_train_epoch_start(self) -> None:
+        latest = self.student_start_latest
+        if self.join_epoch is None and latest is not None and self.current_epoch >= latest:
+            self.join_epoch = self.current_epoch
+            rank_zero_info(f"student joins at epoch {self.join_epoch}: student_start_latest, the teacher's validation "
+                           "GAP was still improving")
         if self.join_epoch and self.current_epoch == self.join_epoch:
             group = self.optimizers().optimizer.param_groups[1]
             group["lr"] = group.get("initial_lr", group["lr"])
             if self.teacher_head is not None:
                 # Untouched until now (no loss reached it), so its optimiser state is as fresh as a Serial head's.
                 self.head.load_state_dict(self.teacher_head.state_dict())
+
+    def on_train_end(self) -> None:
+        # current_epoch counts the finished epochs here: a join at it or later never took a training step.
+        if self.join_epoch is None or self.join_epoch >= self.current_epoch:
+            rank_zero_warn(
+                f"the student never trained: the fit ended after {self.current_epoch} epochs, "
+                + ("before the teacher's validation GAP stalled for student_start_patience="
+                   f"{self.student_start_patience} validations" if self.join_epoch is None
+                   else f"and the student was to join at epoch {self.join_epoch}")
+                + ", so the checkpoints hold an untrained student: raise max_epochs, or set student_start_latest "
+                "(or an earlier student_start_epoch)"
+            )
 
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
         if stage == "predict":
