@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextvars
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from lightning_distill.evaluation.metrics import YT8MMetrics
 # The tests' store writer: benchmarks, like tests, build stores from in-memory records.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from store_writer import write_frame_store  # noqa: E402
+from timing import wall_seconds  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STAGES = ("read", "prepare", "encoder", "head", "metrics")
@@ -112,9 +112,7 @@ def whole_process(config: Path, store: Path, videos: int, work: Path, repeats: i
         args = [sys.executable, "-m", "lightning_distill.cli.main", "test", f"--config={config}", f"--data.test_files={subset}",
                 "--data.train_files=null", "--data.val_files=null", f"--data.num_classes={NUM_CLASSES}",
                 "--trainer.logger=false", "--trainer.enable_progress_bar=false", f"--run_dir={work / 'runs' / f'{config.stem}-{videos}-{repeat}'}"]
-        start = time.perf_counter()
-        subprocess.run(args, check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
+        times.append(wall_seconds(args))
     return statistics.median(times)
 
 
