@@ -690,6 +690,33 @@ def test_a_parallel_student_that_starts_later_with_its_own_head_starts_from_the_
     assert {id(p) for p in groups[1]["params"]} == own and not own & {id(p) for p in groups[0]["params"]}
 
 
+def test_a_parallel_student_can_start_from_its_teachers_encoder_when_it_joins():
+    torch.manual_seed(0)
+    encoders = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):  # after the module's epoch-start hook
+            encoders.append([{name: value.clone() for name, value in e.state_dict().items()}
+                             for e in (module.encoder, module.teacher_encoder)])
+
+    module = DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), student_start_epoch=1,
+                           encoder_from_teacher=True)
+    initial = {name: value.clone() for name, value in module.teacher_encoder.state_dict().items()}
+    trainer(max_steps=6, callbacks=[Record()]).fit(module, datamodule=TinyVideos())  # 3 batches an epoch
+
+    def equal(a, b):
+        return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+    student, teacher = zip(*encoders)
+    assert not equal(teacher[3], initial)  # the teacher trained for an epoch ...
+    assert equal(student[3], teacher[3])  # ... and the student starts as it is when it joins ...
+    assert not equal(student[5], teacher[5])  # ... then trains on its own frames
+    assert all(equal(weights, student[0]) for weights in student[:3])
+    with pytest.raises(ConfigError, match="encoder_from_teacher copies the teacher's encoder when the student joins, "
+                                          "but the student joins at epoch 0"):
+        DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), encoder_from_teacher=True)
+
+
 def test_a_parallel_student_can_join_when_its_teachers_validation_gap_stops_improving(tmp_path):
     torch.manual_seed(0)
     teacher_gaps = [0.3, 0.5, 0.5, 0.4, 0.6, 0.6]  # by epoch: no improvement at epochs 2 and 3

@@ -98,6 +98,11 @@ class DistillModule(VideoClassifierModule):
             statistics, updated after every training step (w <- d w + (1 - d) w_teacher) and run in evaluation
             mode without gradient, as a Serial student's frozen teacher is; 0 is the teacher as it stands, in
             evaluation mode. It costs one more teacher forward pass, without backward, per training step.
+        encoder_from_teacher: the student's encoder starts as a copy of the teacher's encoder (weights and batch-norm
+            statistics) when the student joins, as a Serial student with ``encoder_from_teacher`` starts from its
+            teacher's: the student is the teacher's network shown fewer frames. Needs a later join
+            (``student_start_epoch`` or ``student_start_patience``): at epoch 0 the teacher is as random as the
+            student. With ``student_head: own`` the student then starts from the teacher's whole network.
     """
 
     evaluated_roles = ("teacher", "student")
@@ -121,6 +126,7 @@ class DistillModule(VideoClassifierModule):
         teacher_average_decay: float | None = None,
         student_start_patience: int | None = None,
         student_start_latest: int | None = None,
+        encoder_from_teacher: bool = False,
     ) -> None:
         # A copy made before the student's encoder adapts to its k frames (H-RNN's block length).
         teacher_encoder = teacher_encoder or copy.deepcopy(encoder)
@@ -161,6 +167,13 @@ class DistillModule(VideoClassifierModule):
                 "the earliest the student may join: make it >= student_start_epoch"
             )
         self.student_start_latest = student_start_latest
+        joins_at_zero = student_start_epoch == 0 and (student_start_patience is None or student_start_latest == 0)
+        if encoder_from_teacher and joins_at_zero:
+            raise ConfigError(
+                "encoder_from_teacher copies the teacher's encoder when the student joins, but the student joins at "
+                "epoch 0, when the teacher is untrained: set student_start_epoch or student_start_patience"
+            )
+        self.encoder_from_teacher = encoder_from_teacher
         # The epoch the student joins at: decided by the teacher's plateau when student_start_patience is set.
         self.join_epoch: int | None = student_start_epoch if student_start_patience is None else None
         self._teacher_plateau = {"best": -math.inf, "wait": 0}
@@ -242,9 +255,11 @@ class DistillModule(VideoClassifierModule):
         if self.join_epoch and self.current_epoch == self.join_epoch:
             group = self.optimizers().optimizer.param_groups[1]
             group["lr"] = group.get("initial_lr", group["lr"])
+            # Untouched until now (no loss reached them), so their optimiser state is as fresh as a Serial student's.
             if self.teacher_head is not None:
-                # Untouched until now (no loss reached it), so its optimiser state is as fresh as a Serial head's.
                 self.head.load_state_dict(self.teacher_head.state_dict())
+            if self.encoder_from_teacher:
+                self.encoder.load_state_dict(self.teacher_encoder.state_dict())
 
     def on_train_end(self) -> None:
         # current_epoch counts the finished epochs here: a join at it or later never took a training step.
