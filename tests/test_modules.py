@@ -712,9 +712,14 @@ def test_a_parallel_student_can_start_from_its_teachers_encoder_when_it_joins():
     assert equal(student[3], teacher[3])  # ... and the student starts as it is when it joins ...
     assert not equal(student[5], teacher[5])  # ... then trains on its own frames
     assert all(equal(weights, student[0]) for weights in student[:3])
+
+
+@pytest.mark.parametrize("join", [{}, {"student_start_patience": 2, "student_start_latest": 0}])
+def test_a_student_that_joins_at_epoch_0_cannot_start_from_its_teachers_encoder(join):
     with pytest.raises(ConfigError, match="encoder_from_teacher copies the teacher's encoder when the student joins, "
                                           "but the student joins at epoch 0"):
-        DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), encoder_from_teacher=True)
+        DistillModule(hrnn(block_length=2), NUM_CLASSES, hrnn(), sampler=UniformSampler(4), encoder_from_teacher=True,
+                      **join)
 
 
 def test_a_parallel_student_can_join_when_its_teachers_validation_gap_stops_improving(tmp_path):

@@ -171,7 +171,8 @@ class DistillModule(VideoClassifierModule):
         if encoder_from_teacher and joins_at_zero:
             raise ConfigError(
                 "encoder_from_teacher copies the teacher's encoder when the student joins, but the student joins at "
-                "epoch 0, when the teacher is untrained: set student_start_epoch or student_start_patience"
+                "epoch 0, when the teacher is untrained: set student_start_epoch, or student_start_patience (with "
+                "student_start_latest above 0)"
             )
         self.encoder_from_teacher = encoder_from_teacher
         # The epoch the student joins at: decided by the teacher's plateau when student_start_patience is set.
