@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
