@@ -119,6 +119,21 @@ def test_invalid_grids_raise_config_error(configs, changes, message):
         expand_grid(make_grid(configs, **changes))
 
 
+def test_a_relative_configs_folder_missing_here_says_where_it_was_looked_up(configs, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ConfigError, match="looked up from the working directory .*elsewhere: run from the project"):
+        expand_grid(make_grid(Path("configs")))
+    monkeypatch.chdir(tmp_path)
+    assert expand_grid(make_grid(Path("configs")))  # the same grid, run from where its configs are
+
+
+def test_an_absolute_configs_folder_needs_no_hint(configs):
+    with pytest.raises(ConfigError, match=r"check family and configs$"):
+        expand_grid(make_grid(configs, family="lstm"))
+
+
 def fabricate_cell(layout: ExperimentLayout, name: str, metrics: dict[str, float], curve: Sequence[dict] = ()) -> None:
     """The files a finished cell leaves behind: test metrics, a CSV log of validation metrics, done.json."""
     write_json_atomic(layout.test_metrics(name), metrics)

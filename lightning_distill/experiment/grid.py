@@ -340,11 +340,25 @@ def check_grid(grid: Grid) -> None:
     for role in _roles(grid):
         for path in base_config_paths(grid, role):
             if not path.is_file():
-                raise ConfigError(f"config part {path} for the {role} cells does not exist: check family and configs")
+                raise ConfigError(
+                    f"config part {path} for the {role} cells does not exist: check family and configs"
+                    + _relative_configs_hint(grid.configs)
+                )
     for family in other_teacher_families(grid):
         path = base_config_paths(grid, "teacher", family)[1]
         if not path.is_file():
             raise ConfigError(f"config part {path} for the teachers of family {family} does not exist: check teachers")
+
+
+def _relative_configs_hint(configs: str) -> str:
+    """Why a relative ``configs`` folder may be missing: it is looked up from where the command runs, not from the
+    experiment file (the presets' ``configs`` is the project's, so they run from the project root)."""
+    if Path(configs).is_absolute():
+        return ""
+    return (
+        f" ({configs!r} is looked up from the working directory {Path.cwd()}: run from the project root, or set "
+        "grid.configs to the configs folder)"
+    )
 
 
 def _check_variant(variant: StudentVariant) -> None:
