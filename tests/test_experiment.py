@@ -129,9 +129,11 @@ def test_a_relative_configs_folder_missing_here_says_where_it_was_looked_up(conf
     assert expand_grid(make_grid(Path("configs")))  # the same grid, run from where its configs are
 
 
-def test_an_absolute_configs_folder_needs_no_hint(configs):
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_configs_folder_that_is_there_needs_no_hint(configs, tmp_path, monkeypatch, relative):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"check family and configs$"):
-        expand_grid(make_grid(configs, family="lstm"))
+        expand_grid(make_grid(Path("configs") if relative else configs, family="lstm"))
 
 
 def fabricate_cell(layout: ExperimentLayout, name: str, metrics: dict[str, float], curve: Sequence[dict] = ()) -> None:

@@ -352,8 +352,9 @@ def check_grid(grid: Grid) -> None:
 
 def _relative_configs_hint(configs: str) -> str:
     """Why a relative ``configs`` folder may be missing: it is looked up from where the command runs, not from the
-    experiment file (the presets' ``configs`` is the project's, so they run from the project root)."""
-    if Path(configs).is_absolute():
+    experiment file (the presets' ``configs`` is the project's, so they run from the project root). Nothing when
+    the folder is there: then the family or a part is what is wrong."""
+    if Path(configs).is_absolute() or Path(configs).is_dir():
         return ""
     return (
         f" ({configs!r} is looked up from the working directory {Path.cwd()}: run from the project root, or set "
