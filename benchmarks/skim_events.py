@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lightning_distill.data.frame_store import FrameStore
-from lightning_distill.data.samplers import AllFramesSampler, KFrameSampler, ScoredSampler, UniformSampler
+from lightning_distill.data.samplers import KFrameSampler, ScoredSampler, UniformSampler
 from lightning_distill.data.yt8m import MAX_FRAMES
 from lightning_distill.training.skim_sampler import SkimSampler
 
@@ -32,8 +32,8 @@ def chosen_frames(sampler: KFrameSampler, store: FrameStore, videos: np.ndarray)
     """The frames ``sampler`` reads of each of ``videos`` (a scored sampler reads every frame to choose)."""
     lengths = torch.from_numpy(np.minimum(store.lengths[videos], MAX_FRAMES))
     if isinstance(sampler, ScoredSampler):
-        every = store.read_frames(videos, AllFramesSampler().indices(lengths).numpy())
-        skimmed = sampler.side_by_side(lambda columns: every[..., columns])
+        seen = store.read_frames(videos, sampler.skimmed_positions(lengths).numpy())
+        skimmed = sampler.side_by_side(lambda columns: seen[..., columns])
         return sampler.indices_from_frames(lengths, torch.from_numpy(skimmed)).tolist()
     return sampler.indices(lengths).tolist()
 

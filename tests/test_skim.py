@@ -295,3 +295,90 @@ def test_a_store_opens_its_column_store_once_for_all_its_loaders(synthetic_tfrec
     # Two views skimming the same columns, two loaders: one lock, hash and open of the one column store.
     assert opened == [(slice(RGB_DIM, None),)]
     assert torch.equal(first.views["a"].frames, second.views["a"].frames)
+
+
+class StridedFirstAudioFeature(FirstAudioFeature):
+    """``FirstAudioFeature`` of every 3rd frame only, as a ``SkimEncoder(stride=3)`` skims."""
+
+    def skimmed_positions(self, lengths):
+        return SkimEncoder(stride=3).skimmed_positions(lengths)
+
+
+def test_a_strided_skim_chooses_among_the_frames_it_skims_and_falls_back_to_uniform_where_it_skims_none():
+    lengths = torch.tensor([10, 4])
+    # Scores of the skimmed frames 0, 3, 6, 9 (video 0) and 0, 3 (video 1); -1 pads the second row.
+    positions = SkimEncoder(stride=3).skimmed_positions(lengths)
+    assert positions.tolist() == [[0, 3, 6, 9], [0, 3, -1, -1]]
+    table = torch.tensor([[1.0, 5.0, 2.0, 3.0], [1.0, 2.0, 0.0, 0.0]])
+
+    class Strided(GivenScores):
+        def skimmed_positions(self, lengths):
+            return positions
+
+    chosen = Strided(3, table).indices_from_frames(lengths, torch.zeros(2, 4, 1))
+    # Video 0, segments [0, 3), [3, 6), [6, 10): the skimmed frames 0, then 3, then 9 (score 3 > 2).
+    # Video 1, segments [0, 1), [1, 2), [2, 4): frame 0, none skimmed (Uniform-3's slot 1: frame 2), then 3.
+    assert chosen.tolist() == [[0, 3, 9], [0, 2, 3]]
+    assert UniformSampler(3).indices(lengths[1:]).tolist() == [[0, 2, 3]]
+
+
+def test_a_strided_skim_reads_only_the_frames_it_skims(synthetic_tfrecords, tmp_path, monkeypatch):
+    from lightning_distill.data.convert import convert
+
+    store_path = tmp_path / "test.h5"
+    convert(sorted(synthetic_tfrecords.glob("test*.tfrecord")), store_path)
+    store = FrameStore(store_path)
+    videos = np.arange(len(store))
+    dataset = VideoBatchDataset(store, videos, {"student": StridedFirstAudioFeature(4)}, max_frames=300)
+    reads = []
+    read = FrameStore.read_frames
+
+    def counting(self, videos, frames, columns=slice(None)):
+        reads.append((np.asarray(frames)[np.asarray(frames) >= 0].tolist(), read(self, videos, frames, columns).shape[2]))
+        return read(self, videos, frames, columns)
+
+    monkeypatch.setattr(FrameStore, "read_frames", counting)
+    batch = dataset[BatchRequest(positions=list(range(len(store))), seed=0)]
+    (skimmed, skim_width), (chosen, chosen_width) = reads
+    assert skim_width == AUDIO_DIM and chosen_width == FEATURE_DIM
+    # The audio of frames 0, 3, 6, ... of each video and nothing else, then the 4 chosen frames whole.
+    assert skimmed == [t for length in store.lengths for t in range(0, int(length), 3)]
+    assert len(chosen) == 4 * len(store)
+    # Beside a live teacher's view of every frame, the skim takes its frames from that one read, and chooses the same.
+    both = VideoBatchDataset(store, videos, {"teacher": AllFramesSampler(), "student": StridedFirstAudioFeature(4)}, 300)
+    with_teacher = both[BatchRequest(positions=list(range(len(store))), seed=0)]
+    assert torch.equal(with_teacher.views["student"].positions, batch.views["student"].positions)
+    monkeypatch.undo()
+    for row, video in enumerate(videos):
+        length = int(store.lengths[video])
+        audio = store.read_frames(np.array([video]), np.arange(length)[None])[0][:, RGB_DIM]
+        bounds = [i * length // 4 for i in range(5)]
+        expected = [max(range(start + (-start) % 3, end, 3), key=lambda t: (audio[t], -t)) for start, end in
+                    zip(bounds, bounds[1:])]
+        assert batch.views["student"].positions[row].tolist() == expected
+
+
+def test_a_utility_skim_scores_frames_by_its_read_out_and_skims_every_stride_th_frame():
+    torch.manual_seed(0)
+    skim = SkimEncoder(hidden=8, rgb_dims=3, audio_dims=2, scoring="utility", stride=2).eval()
+    frames = torch.randn(2, 7, FEATURE_DIM)
+    mask = torch.arange(7) < torch.tensor([[7], [5]])
+    skimmed = skim.skimmed(frames)
+    scores = skim.frame_scores(skimmed, mask)
+    read_out = skim.utility(skim.frame_features(skimmed)).squeeze(-1)
+    assert torch.equal(scores[mask], read_out[mask]) and torch.isinf(scores[~mask]).all()
+    # The read-out per slot is the encoder's intermediate state, zero at padding (what the utility term regresses).
+    intermediate = skim(frames, mask).intermediate.squeeze(-1)
+    assert torch.allclose(intermediate[mask], read_out[mask]) and (intermediate[~mask] == 0).all()
+    assert skim.skimmed_positions(torch.tensor([7, 4])).tolist() == [[0, 2, 4, 6], [0, 2, -1, -1]]
+    assert skim.flops_per_frame() == 2 * (5 * 8 + 8 * 8 + 8 * 1)
+    assert SkimEncoder(hidden=8)(frames, mask).intermediate is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"scoring": "loudest"}, "choose rise or utility"), ({"stride": 0}, r"stride=0\): skim every frame")],
+)
+def test_a_skim_refuses_an_unknown_scoring_or_a_stride_below_one(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        SkimEncoder(**settings)

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.frame_store import FrameStore
-from lightning_distill.data.samplers import AllFramesSampler, FrameSampler, ScoredSampler
+from lightning_distill.data.samplers import FrameSampler, ScoredSampler
 from lightning_distill.data.target_cache import TargetCache
 
 
@@ -184,19 +184,23 @@ class VideoBatchDataset(Dataset[VideoBatch]):
     ) -> dict[str, np.ndarray]:
         """View name -> (B, T, D) frames, zero at padding, with one store read per batch where possible.
 
-        Views of a ``ScoredSampler`` get their ``indices`` entry here: chosen from the features it scores of every
-        frame, then read whole.
+        Views of a ``ScoredSampler`` get their ``indices`` entry here: chosen from the features it scores of the
+        frames it skims, then read whole.
         """
         every_frame = every_frame_view(self.views)
         full = self.store.read_frames(videos, indices[every_frame].numpy()) if every_frame else None
         for name, sampler in self.views.items():
             if not isinstance(sampler, ScoredSampler):
                 continue
+            skimmed = sampler.skimmed_positions(lengths)
             if full is not None:
-                seen = sampler.side_by_side(lambda columns: full[..., columns])
-            else:  # only the features scoring needs, of every frame
-                every = AllFramesSampler().indices(lengths).numpy()
-                seen = sampler.side_by_side(lambda columns: self.store.read_frames(videos, every, columns))
+                # Slot t of the full view is frame t: a skim of every frame reads it as it is, without a copy.
+                every = skimmed.shape == indices[every_frame].shape and torch.equal(skimmed, indices[every_frame])
+                source = full if every else _gather(full, skimmed.numpy())
+                seen = sampler.side_by_side(lambda columns, source=source: source[..., columns])
+            else:  # only the features scoring needs, of the frames it skims
+                frames = skimmed.numpy()
+                seen = sampler.side_by_side(lambda columns, frames=frames: self.store.read_frames(videos, frames, columns))
             indices[name] = sampler.indices_from_frames(lengths, torch.from_numpy(seen))
         if full is None:
             return {name: self.store.read_frames(videos, index.numpy()) for name, index in indices.items()}

@@ -249,9 +249,10 @@ class ScoredSampler(KFrameSampler, ABC):
     i is its centre), so the k frames still spread over the whole video, as Uniform-k's do, but each is the one
     its segment's ``scores`` rank first (ties: the earliest). A video shorter than k gets Uniform-k's frames.
 
-    Scores come from the frames themselves, so the data module reads the ``columns`` of every frame of a batch first
-    (see ``data/loading.py``), calls ``indices_from_frames``, then reads the k chosen frames whole; ``indices`` alone
-    cannot choose.
+    Scores come from the frames themselves, so the data module reads the ``columns`` of the frames scoring looks at
+    (``skimmed_positions``: every frame unless a subclass skims fewer) first (see ``data/loading.py``), calls
+    ``indices_from_frames``, then reads the k chosen frames whole; ``indices`` alone cannot choose. A segment holding
+    no skimmed frame (a video shorter than k times the skim's stride) gets Uniform-k's frame.
 
     Args:
         k: frames kept per video.
@@ -285,11 +286,21 @@ class ScoredSampler(KFrameSampler, ABC):
         parts = [read(columns) for columns in self.columns]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
+    def skimmed_positions(self, lengths: Tensor) -> Tensor:
+        """(B,) lengths -> (B, S) long: the frames whose ``columns`` scoring reads, -1 at padding (every frame)."""
+        return AllFramesSampler().indices(lengths)
+
     def indices_from_frames(self, lengths: Tensor, frames: Tensor) -> Tensor:
-        """(B,) lengths, (B, T, F) the ``columns`` of every frame (T >= max length; as stored) -> (B, k) sorted
-        indices."""
-        steps = torch.arange(frames.shape[1], device=lengths.device)
-        return self.choose(lengths, self.scores(frames, steps < lengths[:, None]))
+        """(B,) lengths, (B, S, F) the ``columns`` of the ``skimmed_positions`` frames (as stored; S may exceed their
+        count) -> (B, k) sorted indices."""
+        positions = self.skimmed_positions(lengths)
+        skimmed = positions.shape[1]
+        scores = self.scores(frames[:, :skimmed], positions >= 0)
+        # Onto the video's timeline: frames not skimmed score -inf (padding slots land in a spare last column).
+        width = max(int(lengths.max()), 1)
+        timeline = scores.new_full((len(lengths), width + 1), float("-inf"))
+        timeline.scatter_(1, torch.where(positions >= 0, positions, width), scores.masked_fill(positions < 0, float("-inf")))
+        return self.choose(lengths, timeline[:, :width])
 
     def choose(self, lengths: Tensor, scores: Tensor) -> Tensor:
         """(B,) lengths, (B, T) scores -> (B, k): the first-ranked frame of each of k segments (see the class docstring)."""
@@ -300,10 +311,11 @@ class ScoredSampler(KFrameSampler, ABC):
         candidates = starts[:, :, None] + torch.arange(width, device=lengths.device)  # (B, k, width)
         inside = candidates < ends[:, :, None]
         ranked = scores.gather(1, candidates.clamp(max=scores.shape[1] - 1).flatten(1)).view(candidates.shape)
-        best = ranked.masked_fill(~inside, float("-inf")).argmax(dim=2, keepdim=True)
+        ranked = ranked.masked_fill(~inside, float("-inf"))
+        best = ranked.argmax(dim=2, keepdim=True)
         chosen = candidates.gather(2, best).squeeze(2)
-        short = (lengths < self.k)[:, None]
-        return torch.where(short, UniformSampler(self.k).indices(lengths), chosen)
+        unscored = (lengths < self.k)[:, None] | ~torch.isfinite(ranked.gather(2, best).squeeze(2))
+        return torch.where(unscored, UniformSampler(self.k).indices(lengths), chosen)
 
 
 class AnyKSampler(FrameSampler):
