@@ -86,8 +86,9 @@ def test_every_legacy_config_is_reproduced_by_composition(legacy):
 
 def test_configs_are_small_parts():
     files = [p for p in (REPO / "configs").rglob("*.yaml")]
-    # A budget against repetition: raised from 450 to 500 for the skim role and the beyond-the-paper preset.
-    assert sum(len(p.read_text().splitlines()) for p in files) < 500
+    # A budget against repetition: raised from 450 to 500 for the skim role and the beyond-the-paper preset, to 540
+    # for the utility skim's role and preset.
+    assert sum(len(p.read_text().splitlines()) for p in files) < 540
     for part in (REPO / "configs").glob("[rfd]*/*.yaml"):  # role/, family/, data/: one screen each
         assert len(part.read_text().splitlines()) <= 20, part
 

@@ -103,7 +103,6 @@ def test_rows_follow_table_1_order(configs):
         ({"students": [StudentVariant("serial", ["pred"], teachers=["lstm"])]}, "family lstm does not exist"),
         ({"students": [StudentVariant("serial", ["pred"], selection="oracle")]}, "'oracle' of serial-pred-oracle"),
         ({"students": [StudentVariant("parallel", ["pred"], selection="skim")]}, "use mode serial"),
-        ({"students": [StudentVariant("serial", ["pred"], selection="skim", train_ks=[6])]}, "no train_ks"),
         ({"baselines": ["uniform", Baseline("uniform", "best")]}, r"unknown baselines \['best'\]"),
         ({"baselines": ["uniform", Baseline("uniform")]}, "twice"),
         ({"students": [StudentVariant("serial", ["pred"], train_selection="oracle")]}, "'oracle' of serial-pred"),
@@ -630,6 +629,56 @@ def test_a_skim_of_other_features_is_a_scorer_of_its_own_shared_by_its_students(
     with pytest.raises(ConfigError, match="sets scorer but no selection"):
         expand_grid(Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6],
                          students=[StudentVariant("serial", ["ce"], scorer=low_rank)]))
+
+
+def test_a_utility_skim_is_a_scorer_cell_of_its_own_role_and_its_students_read_its_choice(tmp_path):
+    rows = [StudentVariant("serial", ["rep", "pred", "ce"], selection="skim"),
+            StudentVariant("serial", ["rep", "pred", "ce"], selection="utility-skim"),
+            StudentVariant("serial", ["rep", "pred", "ce"], selection="utility-skim", scorer={"stride": 8})]
+    grid = Grid(family="netvlad-tiny", configs=str(REPO / "configs"), ks=[3], seeds=[0], students=rows, patience=2)
+    layout = ExperimentLayout(tmp_path)
+    cells = {cell.name: cell for cell in expand_grid(grid)}
+    scorer = cells["utility-skim-s0"]
+    assert scorer.role == "utility-skim-scorer" and scorer.waits_for == ["teacher-s0"]
+    assert scorer.base_configs == (REPO / "configs" / "role" / "utility-skim-scorer.yaml",)
+    assert scorer.method == "Utility skim of 32 rgb + 32 audio features, every 4th frame (frame scorer)"
+    assert cells["utility-skim-stride8-s0"].method == "Utility skim of stride 8 (frame scorer)"
+    config = cell_configs(scorer, grid, layout, dict(FILES))[-1].config
+    model = config["model"]
+    assert model["class_path"] == "lightning_distill.training.frame_utility.FrameUtilityModule"
+    # Its checkpoint keeps the lowest validation error of the utility estimates; the grid's patience stops it when
+    # that error stops falling (stopping when it stopped rising ended the first such fits after 4 epochs).
+    stopping, checkpoint = config["trainer"]["callbacks"][-2:]
+    assert checkpoint["init_args"]["monitor"] == "val/utility" and checkpoint["init_args"]["mode"] == "min"
+    assert stopping["init_args"] == {"monitor": "val/utility", "mode": "min", "patience": 2}
+    student_callbacks = cell_configs(cells["serial-rep_pred_ce-utility-skim-k3-s0"], grid, layout, dict(FILES))[
+        -1].config["trainer"]["callbacks"]
+    assert student_callbacks[-2]["init_args"] == {"monitor": "val/gap", "mode": "max", "patience": 2}
+    assert model["init_args"]["ensemble_teachers"] == [str(layout.checkpoint("teacher-s0"))]
+    strided = cell_configs(cells["utility-skim-stride8-s0"], grid, layout, dict(FILES))[-1].config["model"]
+    assert strided["init_args"]["encoder"]["init_args"] == {**model["init_args"]["encoder"]["init_args"], "stride": 8}
+    student = cells["serial-rep_pred_ce-utility-skim-k3-s0"]
+    assert student.waits_for == ["teacher-s0", "utility-skim-s0"]
+    init_args = cell_configs(student, grid, layout, dict(FILES))[-1].config["model"]["init_args"]
+    assert init_args["sampler"]["init_args"] == {"k": 3, "scorer_checkpoint": str(layout.checkpoint("utility-skim-s0"))}
+    assert cells["serial-rep_pred_ce-skim-k3-s0"].scorer == "skim-s0"
+
+
+def test_an_any_k_student_of_a_selection_trains_on_uniform_frames_and_is_tested_on_the_choice(tmp_path):
+    any_k = StudentVariant("serial", ["rep", "pred", "ce"], selection="utility-skim", train_ks=[6, 8, 10])
+    plain = StudentVariant("serial", ["rep", "pred", "ce"], train_ks=[6, 8, 10])
+    grid = Grid(family="netvlad-tiny", configs=str(REPO / "configs"), ks=[3, 10], seeds=[0], students=[plain, any_k])
+    layout = ExperimentLayout(tmp_path)
+    cells = {cell.name: cell for cell in expand_grid(grid)}
+    assert any_k.slug == "serial-rep_pred_ce-any-k-utility-skim" != plain.slug
+    trainer, tester = cells[f"{any_k.slug}-k10-s0"], cells[f"{any_k.slug}-k3-s0"]
+    assert tester.trained_by == trainer.name and trainer.scorer == tester.scorer == "utility-skim-s0"
+    init_args = cell_configs(trainer, grid, layout, dict(FILES))[-1].config["model"]["init_args"]
+    assert init_args["train_sampler"] == {"class_path": "lightning_distill.data.samplers.AnyKSampler",
+                                          "init_args": {"ks": [6, 8, 10], "selection": "uniform"}}
+    assert init_args["sampler"]["class_path"] == "lightning_distill.training.skim_sampler.SkimSampler"
+    tested = cell_configs(tester, grid, layout, dict(FILES))[-1].config["model"]["init_args"]["sampler"]
+    assert tested["init_args"] == {"k": 3, "scorer_checkpoint": str(layout.checkpoint("utility-skim-s0"))}
 
 
 def test_the_report_charges_frames_chosen_per_video_for_the_choice(configs, tmp_path):

@@ -59,8 +59,11 @@ def with_run_settings(
     if grid.patience is not None:
         # Stop when the checkpoint's metric (the best validation GAP) stops improving: cells are compared at
         # convergence, not at an arbitrary epoch.
-        monitor = stop_on or trainer["callbacks"][-1].get("init_args", {}).get("monitor") or "val/gap"
-        early = {"monitor": monitor, "mode": "max", "patience": grid.patience}
+        kept_by = trainer["callbacks"][-1].get("init_args", {})
+        monitor = stop_on or kept_by.get("monitor") or "val/gap"
+        # In the checkpoint's direction (Lightning's default: min): a skim's val/utility is an error to lower.
+        mode = kept_by.get("mode", "min") if monitor == kept_by.get("monitor") else "max"
+        early = {"monitor": monitor, "mode": mode, "patience": grid.patience}
         stopping = EARLY_STOPPING
         if watch_from or after_student_joins:
             stopping, early = class_path(DelayedEarlyStopping), {**early, "start_epoch": watch_from}
@@ -144,7 +147,8 @@ def cell_configs(cell: Cell, grid: Grid, layout: ExperimentLayout, data: dict[st
         )
         config["model"]["init_args"] = deep_merge(init_args, cell.variant.module)
         if cell.variant.train_ks:
-            any_k = {"ks": list(cell.variant.train_ks), "selection": cell.sampler}
+            # A selection's any-k student trains on Uniform frames: its scorer chooses at the k it is tested at.
+            any_k = {"ks": list(cell.variant.train_ks), "selection": cell.sampler or "uniform"}
             if cell.variant.train_every_batch:
                 any_k["every_batch"] = list(cell.variant.train_every_batch)
             config["model"]["init_args"]["train_sampler"] = {"class_path": class_path(AnyKSampler), "init_args": any_k}

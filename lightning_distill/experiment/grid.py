@@ -35,8 +35,12 @@ ConfigPart = dict
 
 # Frames chosen per video (``StudentVariant.selection``): the name a grid uses -> the role config of the model that
 # chooses (trained once per seed against the seed's teacher).
-SELECTIONS = {"skim": "skim-scorer"}
-SCORER_METHOD = "Audio skim (frame scorer)"
+SELECTIONS = {"skim": "skim-scorer", "utility-skim": "utility-skim-scorer"}
+# The report's label of each selection's scorer: with its role's settings, and the kind of scorer with others.
+SCORER_METHODS = {
+    "skim": ("Audio skim (frame scorer)", "Skim"),
+    "utility-skim": ("Utility skim of 32 rgb + 32 audio features, every 4th frame (frame scorer)", "Utility skim"),
+}
 
 
 def scorer_name(selection: str, scorer: ConfigPart) -> str:
@@ -45,11 +49,12 @@ def scorer_name(selection: str, scorer: ConfigPart) -> str:
     return "-".join([selection, *(f"{key}{value}" for key, value in sorted(scorer.items()))])
 
 
-def scorer_method(scorer: ConfigPart) -> str:
-    """The report's label of a frame scorer trained with encoder settings ``scorer``."""
+def scorer_method(selection: str, scorer: ConfigPart) -> str:
+    """The report's label of ``selection``'s frame scorer trained with encoder settings ``scorer``."""
+    default, kind = SCORER_METHODS[selection]
     if not scorer:
-        return SCORER_METHOD
-    return f"Skim of {', '.join(f'{key} {value}' for key, value in sorted(scorer.items()))} (frame scorer)"
+        return default
+    return f"{kind} of {', '.join(f'{key} {value}' for key, value in sorted(scorer.items()))} (frame scorer)"
 
 # The data module arguments that say where the data is; synthetic data fills them in.
 DATA_FILE_KEYS = ("train_files", "val_files", "test_files")
@@ -124,7 +129,11 @@ class StudentVariant:
             variant is tagged ``from-<families joined by +>``.
         selection: frames chosen per video instead of Uniform-k (Serial only): ``skim``, the best frame of each of k
             segments by an audio skim (``SkimSampler``), which the grid trains per seed against that seed's teacher
-            (cell ``skim-s<seed>``). Without a tag the variant is tagged with the selection's name.
+            (cell ``skim-s<seed>``); ``utility-skim``, the same by a skim of every 4th frame's leading 32 rgb and 32
+            audio features that estimates each frame's utility to the teacher (``FrameUtilityModule``, cell
+            ``utility-skim-s<seed>``). Without a tag the variant is tagged with the selection's name. With
+            ``train_ks``: one any-k student trained on Uniform frames at the drawn k, tested at each k on the
+            selection's frames (tagged ``any-k-<selection>``).
         scorer: init_args of the frame scorer's encoder (``SkimEncoder``) for ``selection``, e.g. ``{rgb_dims: 32,
             audio_dims: 32}``: a skim of the leading rgb and audio features instead of all the audio. Variants with
             equal settings share one scorer per seed (cell ``skim-audio_dims32-rgb_dims32-s<seed>``); without a tag
@@ -157,6 +166,8 @@ class StudentVariant:
     trainer: ConfigPart = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.train_ks and self.selection and not self.tag:
+            self.tag = f"any-k-{scorer_name(self.selection, self.scorer)}"
         if self.train_ks and not self.tag:
             also = "".join(f"-k{k}" for k in sorted(set(self.train_every_batch or [])))
             self.tag = f"any-k-also{also}" if also else "any-k"
@@ -396,10 +407,9 @@ def _check_variant(variant: StudentVariant) -> None:
             raise ConfigError(
                 f"selection {variant.selection!r} of {variant.slug} is unknown: choose from {', '.join(SELECTIONS)}"
             )
-        if variant.mode != "serial" or variant.train_ks:
+        if variant.mode != "serial":
             raise ConfigError(
-                f"{variant.slug} sets selection: its frame scorer learns from a trained teacher, so use mode serial "
-                "(and no train_ks: an any-k student draws Uniform frames)"
+                f"{variant.slug} sets selection: its frame scorer learns from a trained teacher, so use mode serial"
             )
     elif variant.scorer:
         raise ConfigError(f"{variant.slug} sets scorer but no selection: add selection: skim, or drop scorer")
@@ -506,7 +516,8 @@ def expand_grid(grid: Grid) -> list[Cell]:
             role = SELECTIONS[selection]
             paths = base_config_paths(grid, role)
             # The scorer is a student of the teacher of no family of its own: an ensemble of one, so no head is copied.
-            cells.append(Cell(scorer_cell(seed, selection, scorer), role, scorer_method(scorer), None, seed, paths,
+            method = scorer_method(selection, scorer)
+            cells.append(Cell(scorer_cell(seed, selection, scorer), role, method, None, seed, paths,
                               ensemble=(teacher_cell(seed),), encoder=scorer))
         for k in grid.ks:
             for baseline in baseline_rows(grid):

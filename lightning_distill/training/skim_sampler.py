@@ -10,10 +10,10 @@ features (by default its 128 audio features); the scorer is a student of the tea
       class_path: lightning_distill.training.skim_sampler.SkimSampler
       init_args: {k: 6, scorer_checkpoint: runs/skim_scorer/latest/checkpoints/best.ckpt}
 
-What it reads: the skim's features of every frame (by default the 128 audio features of a frame's 1152), then the
-k chosen frames whole. What it costs besides: the skim's small per-frame network. The store keeps a frame's features
-side by side, so the process copies only the skim's, but the operating system still pages whole frames in from
-disk.
+What it reads: the skim's features of every frame, or of every stride-th (``SkimEncoder.stride``; by default the 128
+audio features of a frame's 1152), then the k chosen frames whole. What it costs besides: the skim's small per-frame
+network. The data module keeps the skimmed features in a column store beside the frame store
+(``data/column_store.py``), so reading them does not page whole frames in from disk.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from lightning_distill.errors import ConfigError
 from lightning_distill.models.modes import eval_mode
 from lightning_distill.models.skim import SkimEncoder
 from lightning_distill.training.checkpoints import checkpoint_class_path, load_module, read_checkpoint
+from lightning_distill.training.frame_utility import FrameUtilityModule
 from lightning_distill.training.student import StudentModule
 from lightning_distill.training.teacher_targets import recorded_normalization
 
@@ -82,14 +83,18 @@ class SkimSampler(ScoredSampler):
                 self._scorer = _load_scorer(self.scorer_checkpoint)
             return self._scorer
 
+    def skimmed_positions(self, lengths: Tensor) -> Tensor:
+        """The frames the skim reads to choose: every frame, or every ``stride``-th (``SkimEncoder.stride``)."""
+        return self.scorer().skimmed_positions(lengths)
+
     def selection_cost(self, lengths: Tensor) -> dict[str, Tensor]:
-        """Per video: the skim's network on every frame (GFLOPs), and the skim's features of the frames not chosen
-        (the chosen ones' are read with them), in frames of FEATURE_DIM features."""
-        lengths = lengths.double()
+        """Per video: the skim's network on every frame it skims (GFLOPs), and its features of the skimmed frames
+        not chosen (the chosen ones' are read with them), in frames of FEATURE_DIM features."""
         scorer = self.scorer()
+        skimmed = (lengths.double() / scorer.stride).ceil()
         return {
-            "selection_gflops": lengths * scorer.flops_per_frame() / 1e9,
-            "selection_frames": (lengths - self.k).clamp(min=0) * (scorer.rgb_dims + scorer.audio_dims) / FEATURE_DIM,
+            "selection_gflops": skimmed * scorer.flops_per_frame() / 1e9,
+            "selection_frames": (skimmed - self.k).clamp(min=0) * (scorer.rgb_dims + scorer.audio_dims) / FEATURE_DIM,
         }
 
     def __getstate__(self) -> dict[str, Any]:
@@ -107,7 +112,8 @@ def _load_scorer(path: str) -> SkimEncoder:
     if not Path(path).is_file():
         raise ConfigError(f"skim scorer checkpoint {path} does not exist: train one (configs/role/skim-scorer.yaml)")
     stored = checkpoint_class_path(read_checkpoint(path, weights=False))
-    module = load_module(StudentModule, path) if stored == class_path(StudentModule) else None
+    scorer_classes = {class_path(cls): cls for cls in (StudentModule, FrameUtilityModule)}
+    module = load_module(scorer_classes[stored], path) if stored in scorer_classes else None
     if module is None or not isinstance(module.encoder, SkimEncoder):
         holds = stored.rsplit(".", 1)[-1] if module is None else f"{type(module.encoder).__name__} student"
         raise ConfigError(

@@ -1,0 +1,173 @@
+"""A skim that learns what reading a frame in full is worth (frames chosen per video, beyond the paper).
+
+A skim that ranks frames by how much its features stand out (``SkimEncoder(scoring="rise")``) chose no better than
+Uniform-k on data it was not tuned to: what stands out need not be what evidences a label. ``FrameUtilityModule``
+gives the skim a target for each frame instead: the frame's *utility*, how well the frozen teacher, shown that frame
+alone, predicts the video's labels. A linear read-out of the skim's per-frame
+features (``SkimEncoder(scoring="utility")``) regresses it, and ``SkimSampler`` then reads the frame of highest
+estimated utility in each of k segments. The teacher reads every frame of a training video once per fit, one frame
+at a time; choosing at test time needs only the skim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_distill.data.batch import FrameView, VideoBatch
+from lightning_distill.errors import ConfigError
+from lightning_distill.models.encoder import VideoEncoder
+from lightning_distill.models.modes import eval_mode
+from lightning_distill.models.skim import SkimEncoder
+from lightning_distill.training.module import save_plain_hyperparameters
+from lightning_distill.training.outputs import ModelOutput
+from lightning_distill.training.student import StudentModule
+from lightning_distill.training.teacher_targets import load_frozen_teacher, recorded_normalization
+
+# Frames the reader classifies at once: each is a one-frame video, so a batch of 64 videos is ~10^4 of them.
+READER_CHUNK = 4096
+
+
+def frame_utility(reader: nn.Module, view: FrameView, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Each real frame's utility for its video's labels, standardised within the video.
+
+    A frame's utility is ``sum over the video's labels c of log p_c``, p the probabilities ``reader`` gives the frame
+    shown alone: high where the frame evidences the labels. Standardised to mean 0 and std 1 over each video's real
+    frames, since choosing compares frames of one video only.
+
+    Args:
+        reader: a frozen classifier of views (a ``TeacherModule``), run in eval mode without gradients.
+        view: (B, T) frames, normalised as ``reader`` was trained.
+        labels: (B, C) multi-hot labels.
+
+    Returns:
+        (B, T) utilities (0 where undefined), and (B, T) bool: where defined (real frames of labelled videos with
+        two or more frames).
+    """
+    frames = view.frames[view.mask][:, None]  # (N, 1, D): every real frame as a one-frame video
+    positions = view.positions[view.mask][:, None]
+    one = torch.ones(positions.shape, dtype=torch.bool, device=positions.device)
+    with eval_mode(reader), torch.no_grad():
+        probabilities = torch.cat([
+            reader(FrameView(frames[i : i + READER_CHUNK], one[i : i + READER_CHUNK], positions[i : i + READER_CHUNK]))
+            .probabilities
+            for i in range(0, len(frames), READER_CHUNK)
+        ])
+    video = view.mask.nonzero()[:, 0]
+    utility = torch.zeros(view.mask.shape, dtype=probabilities.dtype, device=probabilities.device)
+    utility[view.mask] = (labels[video] * probabilities.log()).sum(dim=1)
+    real = view.mask.to(utility.dtype)
+    count = real.sum(dim=1, keepdim=True)
+    mean = (utility * real).sum(dim=1, keepdim=True) / count.clamp(min=1)
+    spread = (((utility - mean) ** 2 * real).sum(dim=1, keepdim=True) / count.clamp(min=1)).sqrt()
+    defined = view.mask & (labels.sum(dim=1, keepdim=True) > 0) & (count > 1) & (spread > 0)
+    standardised = ((utility - mean) / spread.clamp(min=torch.finfo(spread.dtype).tiny)).masked_fill(~defined, 0.0)
+    return standardised, defined
+
+
+class FrameUtilityModule(StudentModule):
+    """A ``SkimEncoder(scoring="utility")`` trained as a skim student (its video-level terms, e.g. L_pred + L_CE) plus
+    a per-frame term: the mean squared error between its utility read-out and ``frame_utility`` under the reader.
+
+    Logs ``train/loss/utility`` and, in validation, ``val/utility`` (the same error on the validation videos: the
+    metric to keep the best checkpoint by, ``configs/role/utility-skim-scorer.yaml``).
+
+    Args:
+        encoder: a ``SkimEncoder`` with ``scoring: utility``.
+        num_classes: C, linked from the data module.
+        utility_weight: the per-frame term's weight in the total (> 0).
+        reader_checkpoint: the ``TeacherModule`` whose one-frame predictions define utility; default: the first
+            teacher (``teacher_checkpoint``, else ``ensemble_teachers[0]``). It is shown the skim's frames, so it
+            must have been trained on the data's normalisation (not a NeXtVLAD teacher's ReverseWhitening).
+        **kwargs: ``StudentModule``'s other arguments.
+    """
+
+    def __init__(
+        self,
+        encoder: VideoEncoder,
+        num_classes: int,
+        utility_weight: float = 1.0,
+        reader_checkpoint: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(encoder, num_classes, **kwargs)
+        save_plain_hyperparameters(self)
+        if not isinstance(encoder, SkimEncoder) or encoder.utility is None:
+            raise ConfigError(
+                f"FrameUtilityModule trains a skim's utility read-out, but its encoder is {encoder!r}: use "
+                "lightning_distill.models.skim.SkimEncoder with scoring: utility"
+            )
+        if utility_weight <= 0:
+            raise ConfigError(f"FrameUtilityModule(utility_weight={utility_weight}): the per-frame term needs a weight > 0")
+        self.reader_checkpoint = reader_checkpoint or next(iter(self.teacher_paths), None)
+        if self.reader_checkpoint is None:
+            raise ConfigError(
+                "FrameUtilityModule needs a reader whose one-frame predictions define utility: set reader_checkpoint, "
+                "teacher_checkpoint or ensemble_teachers"
+            )
+        self.utility_weight = utility_weight
+        # Loaded by setup, kept out of the module's tree: its weights belong to no checkpoint of the skim's.
+        self.__dict__["_reader"] = None
+        self._utility_error: Tensor | None = None
+        # (training?, store index) -> the video's (utility, defined) rows: the reader is frozen and the frames fixed,
+        # so each video's targets are computed once per fit, not once per epoch (4 bytes + 1 per frame in memory).
+        self._targets: dict[tuple[bool, int], tuple[Tensor, Tensor]] = {}
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage in ("fit", "validate") and self._reader is None:
+            reader = load_frozen_teacher(self.reader_checkpoint)
+            recorded = recorded_normalization(self.reader_checkpoint)
+            current = getattr(self.trainer.datamodule, "normalization", None)
+            if recorded is not None and current is not None and repr(recorded) != repr(current):
+                raise ConfigError(
+                    f"reader checkpoint {self.reader_checkpoint} was trained on {recorded!r} inputs but the skim's "
+                    f"data gives {current!r}, and the reader is shown the skim's frames: name a reader trained on "
+                    "these inputs (reader_checkpoint), e.g. a NetVLAD or H-RNN teacher"
+                )
+            self.__dict__["_reader"] = reader
+
+    def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
+        outputs = super().model_step(batch)
+        if self._reader is not None:
+            # Kept for ``losses`` and ``validation_step``, which the base step calls with the outputs alone.
+            target, defined = self._frame_targets(batch)
+            estimate = outputs["student"].intermediate.squeeze(-1)
+            self._utility_error = ((estimate - target) ** 2 * defined).sum() / defined.sum().clamp(min=1)
+        return outputs
+
+    def _frame_targets(self, batch: VideoBatch) -> tuple[Tensor, Tensor]:
+        """``frame_utility`` of the batch's "student" view (every frame), from the reader once per video and fit."""
+        view = batch.views["student"]
+        keys = [(self.training, index) for index in batch.indices.tolist()]
+        new = [row for row, key in enumerate(keys) if key not in self._targets]
+        if new:
+            rows = torch.tensor(new, device=view.frames.device)
+            subset = FrameView(view.frames[rows], view.mask[rows], view.positions[rows])
+            utility, defined = frame_utility(self._reader.to(view.frames.device), subset, batch.labels[rows])
+            for row, values, where in zip(new, utility, defined):
+                length = int(view.mask[row].sum())
+                self._targets[keys[row]] = (values[:length].cpu(), where[:length].cpu())
+        target = torch.zeros(view.mask.shape, device=view.frames.device)
+        defined = torch.zeros_like(view.mask)
+        for row, key in enumerate(keys):
+            values, where = self._targets[key]
+            target[row, : len(values)] = values.to(target.device)
+            defined[row, : len(where)] = where.to(defined.device)
+        return target, defined
+
+    def losses(self, outputs: dict[str, ModelOutput], labels: Tensor) -> dict[str, Tensor]:
+        parts = super().losses(outputs, labels)
+        error = self._utility_error
+        return {**parts, "loss/utility": error, "loss": parts["loss"] + self.utility_weight * error}
+
+    def validation_step(self, batch: VideoBatch, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        if self._reader is not None:
+            self.log("val/utility", self._utility_error, on_step=False, on_epoch=True, batch_size=len(batch),
+                     sync_dist=True)
+
+
+__all__ = ["FrameUtilityModule", "frame_utility"]

@@ -1,0 +1,88 @@
+"""The utility skim: each frame's utility under the teacher, the module that learns it, the command line."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from cli_support import CONFIGS, data_args, run_error, run_ok, teacher_checkpoint
+from torch import nn
+
+from lightning_distill.data.batch import FrameView
+from lightning_distill.data.frame_store import FrameStore
+from lightning_distill.data.yt8m import FEATURE_DIM
+from lightning_distill.errors import ConfigError
+from lightning_distill.models.skim import SkimEncoder
+from lightning_distill.training.frame_utility import FrameUtilityModule, frame_utility
+from lightning_distill.training.losses import ClassificationLoss
+
+
+class FirstFeaturesReader(nn.Module):
+    """A reader that gives class c the probability sigmoid(feature c) of a one-frame video's frame."""
+
+    def forward(self, view: FrameView) -> SimpleNamespace:
+        assert view.frames.shape[1] == 1 and view.mask.all()  # frames are shown one at a time
+        return SimpleNamespace(probabilities=torch.sigmoid(view.frames[:, 0, :3]))
+
+
+def test_a_frames_utility_is_the_log_probability_of_its_videos_labels_standardised_within_the_video():
+    torch.manual_seed(0)
+    frames = torch.randn(3, 5, 8)
+    mask = torch.arange(5) < torch.tensor([[5], [3], [4]])
+    positions = torch.where(mask, torch.arange(5), -1)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    utility, defined = frame_utility(FirstFeaturesReader(), FrameView(frames, mask, positions), labels)
+    for video, length in ((0, 5), (1, 3)):
+        x = frames[video, :length, :3].double().numpy()
+        raw = (labels[video].double().numpy() * -np.log1p(np.exp(-x))).sum(axis=1)
+        expected = (raw - raw.mean()) / raw.std()
+        assert np.allclose(utility[video, :length].double().numpy(), expected, atol=1e-5)
+        assert defined[video, :length].all() and not defined[video, length:].any()
+        assert (utility[video, length:] == 0).all()
+    # An unlabelled video has no utility to learn.
+    assert not defined[2].any() and (utility[2] == 0).all()
+
+
+def test_the_module_learns_the_read_out_of_a_utility_skim_only(tmp_path):
+    with pytest.raises(ConfigError, match="SkimEncoder with scoring: utility"):
+        FrameUtilityModule(SkimEncoder(), 4, ensemble_teachers=[str(tmp_path / "t.ckpt")])
+    with pytest.raises(ConfigError, match="utility_weight=0"):
+        FrameUtilityModule(SkimEncoder(scoring="utility"), 4, utility_weight=0,
+                           ensemble_teachers=[str(tmp_path / "t.ckpt")])
+    with pytest.raises(ConfigError, match="needs a reader"):
+        FrameUtilityModule(SkimEncoder(scoring="utility"), 4, loss={"ce": ClassificationLoss()})
+
+
+def test_the_command_line_trains_a_utility_skim_and_a_student_reads_its_choice(synthetic_tfrecords, tmp_path,
+                                                                              monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    teacher = teacher_checkpoint("student_netvlad.yaml", synthetic_tfrecords, tmp_path)
+    data = data_args(synthetic_tfrecords, tmp_path / "stores")
+    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2"]
+    scorer_config = CONFIGS / "tiny" / "utility_skim_scorer.yaml"
+    run_ok(["fit", f"--config={scorer_config}", *data, *short, f"--model.init_args.ensemble_teachers=[{teacher}]"])
+    (run,) = tmp_path.glob("runs/tiny/utility_skim_scorer/latest")
+    # The best checkpoint is kept by val/utility, which the fit logs (Lightning fails a monitor never logged).
+    (best,) = run.glob("checkpoints/best.ckpt")
+    sampler = ("--model.init_args.sampler={class_path: lightning_distill.training.skim_sampler.SkimSampler, "
+               f"init_args: {{k: 4, scorer_checkpoint: {best}}}}}")
+    student = CONFIGS / "tiny" / "student_netvlad.yaml"
+    run_ok(["fit", f"--config={student}", *data, *short, f"--model.init_args.teacher_checkpoint={teacher}", sampler])
+    (checkpoint,) = tmp_path.glob("runs/tiny/student_netvlad_k4/latest/checkpoints/last.ckpt")
+    run_ok(["test", f"--config={student}", *data, f"--ckpt_path={checkpoint}", sampler])
+    (metrics,) = tmp_path.glob("runs/tiny/student_netvlad_k4/test_*/test_metrics.json")
+    logged = json.loads(metrics.read_text())
+    # Charged for what it skims: 32 + 32 features of every 4th frame, those of the 4 chosen frames not twice.
+    lengths = np.minimum(FrameStore(tmp_path / "stores" / "test.h5").lengths, 40)
+    skimmed = np.ceil(lengths / 4)
+    skim = SkimEncoder(hidden=32, rgb_dims=32, audio_dims=32, scoring="utility", stride=4)
+    assert logged["test/selection_gflops"] == pytest.approx(skimmed.mean() * skim.flops_per_frame() / 1e9, rel=1e-5)
+    assert logged["test/selection_frames"] == pytest.approx((skimmed - 4).mean() * 64 / FEATURE_DIM, rel=1e-5)
+    # A reader trained on other inputs than the data gives would score frames it never saw: refused in one line.
+    message = run_error(["fit", f"--config={scorer_config}", *data, *short,
+                         f"--model.init_args.ensemble_teachers=[{teacher}]", "--run_name=other_inputs",
+                         "--data.normalization=lightning_distill.data.normalization.NoNormalization"], capsys)
+    assert str(teacher) in message and "NoNormalization" in message and "reader_checkpoint" in message
