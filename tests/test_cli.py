@@ -78,7 +78,7 @@ def test_every_tiny_config_trains_one_batch(name, synthetic_tfrecords, tmp_path,
         # The gate reads a trained student; the family's teacher, trained for a step, stands in for it and its teacher.
         trained = teacher_checkpoint(name.replace("early_exit_", "student_"), synthetic_tfrecords, tmp_path)
         args += [f"--model.init_args.init_from={trained}", f"--model.init_args.teacher_checkpoint={trained}"]
-    if name.startswith("skim_"):
+    if name.startswith(("skim_", "utility_skim_")):
         teacher = teacher_checkpoint("student_netvlad.yaml", synthetic_tfrecords, tmp_path)
         args.append(f"--model.init_args.ensemble_teachers=[{teacher}]")
     run_ok([*args, "--trainer.fast_dev_run=1"])
