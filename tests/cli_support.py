@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,3 +70,30 @@ def teacher_checkpoint(student_config: str, root: Path, tmp_path: Path, folder: 
             "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
     (checkpoint,) = tmp_path.glob("runs/tiny/teacher_*/latest/checkpoints/last.ckpt")
     return checkpoint
+
+
+def skim_sampler_arg(scorer: Path, k: int = 4) -> str:
+    """The command-line argument that makes a student read the frames ``scorer`` (a skim's checkpoint) chooses."""
+    return ("--model.init_args.sampler={class_path: lightning_distill.training.skim_sampler.SkimSampler, "
+            f"init_args: {{k: {k}, scorer_checkpoint: {scorer}}}}}")
+
+
+def fit_and_test_skim_student(scorer: Path, teacher: Path, data: list[str], short: list[str],
+                              tmp_path: Path) -> tuple[dict[str, float], Path]:
+    """Fit the tiny NetVLAD student on the 4 frames ``scorer`` chooses, test it, and return its test metrics and
+    checkpoint (under ``tmp_path/runs/tiny/student_netvlad_k4``)."""
+    student = CONFIGS / "tiny" / "student_netvlad.yaml"
+    sampler = skim_sampler_arg(scorer)
+    run_ok(["fit", f"--config={student}", *data, *short, f"--model.init_args.teacher_checkpoint={teacher}", sampler])
+    (checkpoint,) = tmp_path.glob("runs/tiny/student_netvlad_k4/latest/checkpoints/last.ckpt")
+    run_ok(["test", f"--config={student}", *data, f"--ckpt_path={checkpoint}", sampler])
+    metrics = max(tmp_path.glob("runs/tiny/student_netvlad_k4/test_*/test_metrics.json"))
+    return json.loads(metrics.read_text()), checkpoint
+
+
+def skim_test_setup(root: Path, tmp_path: Path) -> tuple[Path, list[str], list[str]]:
+    """For a skim's command-line test: a tiny NetVLAD teacher trained for a step, the data arguments and the trainer
+    arguments of a short fit."""
+    teacher = teacher_checkpoint("student_netvlad.yaml", root, tmp_path)
+    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2"]
+    return teacher, data_args(root, tmp_path / "stores"), short

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from cli_support import CONFIGS, data_args, run_error, run_ok, teacher_checkpoint
 from torch import nn
 
+from cli_support import CONFIGS, fit_and_test_skim_student, run_error, run_ok, skim_test_setup
 from lightning_distill.data.batch import FrameView
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.yt8m import FEATURE_DIM
@@ -59,22 +58,13 @@ def test_the_module_learns_the_read_out_of_a_utility_skim_only(tmp_path):
 def test_the_command_line_trains_a_utility_skim_and_a_student_reads_its_choice(synthetic_tfrecords, tmp_path,
                                                                               monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    teacher = teacher_checkpoint("student_netvlad.yaml", synthetic_tfrecords, tmp_path)
-    data = data_args(synthetic_tfrecords, tmp_path / "stores")
-    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2"]
+    teacher, data, short = skim_test_setup(synthetic_tfrecords, tmp_path)
     scorer_config = CONFIGS / "tiny" / "utility_skim_scorer.yaml"
     run_ok(["fit", f"--config={scorer_config}", *data, *short, f"--model.init_args.ensemble_teachers=[{teacher}]"])
     (run,) = tmp_path.glob("runs/tiny/utility_skim_scorer/latest")
     # The best checkpoint is kept by val/utility, which the fit logs (Lightning fails a monitor never logged).
     (best,) = run.glob("checkpoints/best.ckpt")
-    sampler = ("--model.init_args.sampler={class_path: lightning_distill.training.skim_sampler.SkimSampler, "
-               f"init_args: {{k: 4, scorer_checkpoint: {best}}}}}")
-    student = CONFIGS / "tiny" / "student_netvlad.yaml"
-    run_ok(["fit", f"--config={student}", *data, *short, f"--model.init_args.teacher_checkpoint={teacher}", sampler])
-    (checkpoint,) = tmp_path.glob("runs/tiny/student_netvlad_k4/latest/checkpoints/last.ckpt")
-    run_ok(["test", f"--config={student}", *data, f"--ckpt_path={checkpoint}", sampler])
-    (metrics,) = tmp_path.glob("runs/tiny/student_netvlad_k4/test_*/test_metrics.json")
-    logged = json.loads(metrics.read_text())
+    logged, _ = fit_and_test_skim_student(best, teacher, data, short, tmp_path)
     # Charged for what it skims: 32 + 32 features of every 4th frame, those of the 4 chosen frames not twice.
     lengths = np.minimum(FrameStore(tmp_path / "stores" / "test.h5").lengths, 40)
     skimmed = np.ceil(lengths / 4)

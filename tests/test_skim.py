@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from cli_support import CONFIGS, data_args, run_error, run_ok, teacher_checkpoint
+from cli_support import (
+    CONFIGS,
+    fit_and_test_skim_student,
+    run_error,
+    run_ok,
+    skim_sampler_arg,
+    skim_test_setup,
+    teacher_checkpoint,
+)
 from lightning_distill.data.column_store import open_column_store
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.loading import BatchRequest, VideoBatchDataset
@@ -59,6 +67,30 @@ class SecondRgbPlusFirstAudio(ScoredSampler):
 
     def selection_cost(self, lengths):
         return {}
+
+
+def converted_test_store(synthetic_tfrecords, tmp_path) -> FrameStore:
+    """The session's synthetic test shards converted into a frame store."""
+    from lightning_distill.data.convert import convert
+
+    convert(sorted(synthetic_tfrecords.glob("test*.tfrecord")), tmp_path / "test.h5")
+    return FrameStore(tmp_path / "test.h5")
+
+
+def recorded_reads(monkeypatch) -> list[tuple[list[int], int]]:
+    """Record every ``FrameStore.read_frames`` from now on: the frame indices it read (padding left out) and the
+    features per frame."""
+    reads = []
+    read = FrameStore.read_frames
+
+    def recording(self, videos, frames, columns=slice(None)):
+        out = read(self, videos, frames, columns)
+        frames = np.asarray(frames)
+        reads.append((frames[frames >= 0].tolist(), out.shape[2]))
+        return out
+
+    monkeypatch.setattr(FrameStore, "read_frames", recording)
+    return reads
 
 
 def test_each_of_k_segments_gives_its_best_scoring_frame():
@@ -145,31 +177,20 @@ def test_a_skim_must_read_some_features_of_a_frame(dims):
 def test_a_scored_view_reads_what_it_scores_of_every_frame_then_its_best_frames_whole(sampler, widths, score,
                                                                                     synthetic_tfrecords, tmp_path,
                                                                                     monkeypatch):
-    from lightning_distill.data.convert import convert
-
-    store_path = tmp_path / "test.h5"
-    convert(sorted(synthetic_tfrecords.glob("test*.tfrecord")), store_path)
-    store = FrameStore(store_path)
+    store = converted_test_store(synthetic_tfrecords, tmp_path)
     videos = np.arange(len(store))
     dataset = VideoBatchDataset(store, videos, {"student": sampler(4)}, max_frames=300)
-    reads = []
-    read = FrameStore.read_frames
-
-    def counting(self, videos, frames, columns=slice(None)):
-        out = read(self, videos, frames, columns)
-        reads.append((int((np.asarray(frames) >= 0).sum()), out.shape[2]))
-        return out
-
-    monkeypatch.setattr(FrameStore, "read_frames", counting)
+    reads = recorded_reads(monkeypatch)
     batch = dataset[BatchRequest(positions=list(range(len(store))), seed=0)]
     # What it scores of every frame, then the 4 chosen frames of each video whole: what selection_cost charges for.
     every = int(store.lengths.sum())
-    assert reads == [*[(every, width) for width in widths], (4 * len(store), FEATURE_DIM)]
+    counted = [(len(frames), width) for frames, width in reads]
+    assert counted == [*[(every, width) for width in widths], (4 * len(store), FEATURE_DIM)]
     # Beside a view of every frame (a live teacher's), that one read serves both.
     both = VideoBatchDataset(store, videos, {"teacher": AllFramesSampler(), "student": sampler(4)}, 300)
     reads.clear()
     with_teacher = both[BatchRequest(positions=list(range(len(store))), seed=0)]
-    assert reads == [(every, FEATURE_DIM)]
+    assert [(len(frames), width) for frames, width in reads] == [(every, FEATURE_DIM)]
     assert torch.equal(with_teacher.views["student"].positions, batch.views["student"].positions)
     assert torch.equal(with_teacher.views["student"].frames, batch.views["student"].frames)
     monkeypatch.undo()
@@ -199,20 +220,12 @@ def test_the_skim_sampler_refuses_a_missing_or_foreign_checkpoint(tmp_path, synt
 def test_the_command_line_trains_a_skim_and_a_student_that_reads_its_frames(synthetic_tfrecords, tmp_path,
                                                                             monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    teacher = teacher_checkpoint("student_netvlad.yaml", synthetic_tfrecords, tmp_path)
-    data = data_args(synthetic_tfrecords, tmp_path / "stores")
-    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    teacher, data, short = skim_test_setup(synthetic_tfrecords, tmp_path)
     run_ok(["fit", f"--config={CONFIGS / 'tiny' / 'skim_scorer.yaml'}", *data, *short,
             f"--model.init_args.ensemble_teachers=[{teacher}]"])
     (scorer,) = tmp_path.glob("runs/tiny/skim_scorer/latest/checkpoints/last.ckpt")
-    sampler = ("--model.init_args.sampler={class_path: lightning_distill.training.skim_sampler.SkimSampler, "
-            f"init_args: {{k: 4, scorer_checkpoint: {scorer}}}}}")
-    student = CONFIGS / "tiny" / "student_netvlad.yaml"
-    run_ok(["fit", f"--config={student}", *data, *short, f"--model.init_args.teacher_checkpoint={teacher}", sampler])
-    (checkpoint,) = tmp_path.glob("runs/tiny/student_netvlad_k4/latest/checkpoints/last.ckpt")
-    run_ok(["test", f"--config={student}", *data, f"--ckpt_path={checkpoint}", sampler])
-    (metrics,) = tmp_path.glob("runs/tiny/student_netvlad_k4/test_*/test_metrics.json")
-    logged = json.loads(metrics.read_text())
+    logged, checkpoint = fit_and_test_skim_student(scorer, teacher, data, short, tmp_path)
+    student, sampler = CONFIGS / "tiny" / "student_netvlad.yaml", skim_sampler_arg(scorer)
     assert 0 < logged["test/gap"] <= 1
     # Choosing is paid for: the skim on every frame and the audio of the frames not chosen, per test video.
     lengths = np.minimum(FrameStore(tmp_path / "stores" / "test.h5").lengths, 40)
@@ -323,21 +336,10 @@ def test_a_strided_skim_chooses_among_the_frames_it_skims_and_falls_back_to_unif
 
 
 def test_a_strided_skim_reads_only_the_frames_it_skims(synthetic_tfrecords, tmp_path, monkeypatch):
-    from lightning_distill.data.convert import convert
-
-    store_path = tmp_path / "test.h5"
-    convert(sorted(synthetic_tfrecords.glob("test*.tfrecord")), store_path)
-    store = FrameStore(store_path)
+    store = converted_test_store(synthetic_tfrecords, tmp_path)
     videos = np.arange(len(store))
     dataset = VideoBatchDataset(store, videos, {"student": StridedFirstAudioFeature(4)}, max_frames=300)
-    reads = []
-    read = FrameStore.read_frames
-
-    def counting(self, videos, frames, columns=slice(None)):
-        reads.append((np.asarray(frames)[np.asarray(frames) >= 0].tolist(), read(self, videos, frames, columns).shape[2]))
-        return read(self, videos, frames, columns)
-
-    monkeypatch.setattr(FrameStore, "read_frames", counting)
+    reads = recorded_reads(monkeypatch)
     batch = dataset[BatchRequest(positions=list(range(len(store))), seed=0)]
     (skimmed, skim_width), (chosen, chosen_width) = reads
     assert skim_width == AUDIO_DIM and chosen_width == FEATURE_DIM
