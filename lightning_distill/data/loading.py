@@ -199,8 +199,9 @@ class VideoBatchDataset(Dataset[VideoBatch]):
                 source = full if every else _gather(full, skimmed.numpy())
                 seen = sampler.side_by_side(lambda columns, source=source: source[..., columns])
             else:  # only the features scoring needs, of the frames it skims
-                frames = skimmed.numpy()
-                seen = sampler.side_by_side(lambda columns, frames=frames: self.store.read_frames(videos, frames, columns))
+                seen = sampler.side_by_side(
+                    lambda columns, frames=skimmed.numpy(): self.store.read_frames(videos, frames, columns)
+                )
             indices[name] = sampler.indices_from_frames(lengths, torch.from_numpy(seen))
         if full is None:
             return {name: self.store.read_frames(videos, index.numpy()) for name, index in indices.items()}

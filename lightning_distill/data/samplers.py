@@ -299,7 +299,8 @@ class ScoredSampler(KFrameSampler, ABC):
         # Onto the video's timeline: frames not skimmed score -inf (padding slots land in a spare last column).
         width = max(int(lengths.max()), 1)
         timeline = scores.new_full((len(lengths), width + 1), float("-inf"))
-        timeline.scatter_(1, torch.where(positions >= 0, positions, width), scores.masked_fill(positions < 0, float("-inf")))
+        slots = torch.where(positions >= 0, positions, width)
+        timeline.scatter_(1, slots, scores.masked_fill(positions < 0, float("-inf")))
         return self.choose(lengths, timeline[:, :width])
 
     def choose(self, lengths: Tensor, scores: Tensor) -> Tensor:

