@@ -24,7 +24,7 @@ from lightning_distill.models.skim import SkimEncoder
 from lightning_distill.training.module import save_plain_hyperparameters
 from lightning_distill.training.outputs import ModelOutput
 from lightning_distill.training.student import StudentModule
-from lightning_distill.training.teacher_targets import load_frozen_teacher, recorded_normalization
+from lightning_distill.training.teacher_targets import check_same_inputs, load_frozen_teacher
 
 # Frames the reader classifies at once: each is a one-frame video, so a batch of 64 videos is ~10^4 of them.
 READER_CHUNK = 4096
@@ -123,14 +123,11 @@ class FrameUtilityModule(StudentModule):
         super().setup(stage)
         if stage in ("fit", "validate") and self._reader is None:
             reader = load_frozen_teacher(self.reader_checkpoint)
-            recorded = recorded_normalization(self.reader_checkpoint)
-            current = getattr(self.trainer.datamodule, "normalization", None)
-            if recorded is not None and current is not None and repr(recorded) != repr(current):
-                raise ConfigError(
-                    f"reader checkpoint {self.reader_checkpoint} was trained on {recorded!r} inputs but the skim's "
-                    f"data gives {current!r}, and the reader is shown the skim's frames: name a reader trained on "
-                    "these inputs (reader_checkpoint), e.g. a NetVLAD or H-RNN teacher"
-                )
+            check_same_inputs(
+                self.reader_checkpoint, self.trainer.datamodule, role="reader",
+                remedy="the reader is shown the skim's frames: name a reader trained on these inputs "
+                "(reader_checkpoint), e.g. a NetVLAD or H-RNN teacher",
+            )
             self.__dict__["_reader"] = reader
 
     def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:

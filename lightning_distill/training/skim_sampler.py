@@ -91,7 +91,7 @@ class SkimSampler(ScoredSampler):
         """Per video: the skim's network on every frame it skims (GFLOPs), and its features of the skimmed frames
         not chosen (the chosen ones' are read with them), in frames of FEATURE_DIM features."""
         scorer = self.scorer()
-        skimmed = (lengths.double() / scorer.stride).ceil()
+        skimmed = (self.skimmed_positions(lengths) >= 0).sum(dim=1).double()
         return {
             "selection_gflops": skimmed * scorer.flops_per_frame() / 1e9,
             "selection_frames": (skimmed - self.k).clamp(min=0) * (scorer.rgb_dims + scorer.audio_dims) / FEATURE_DIM,

@@ -47,14 +47,19 @@ def recorded_normalization(path: str) -> FeatureNormalizer | None:
     return None if record is None else normalizer_from_config(record, f"checkpoint {path}")
 
 
-def check_same_inputs(path: str, datamodule: Any) -> None:
-    """Raise ``ConfigError`` if a live teacher would see inputs normalised otherwise than those it was trained on."""
+LIVE_TEACHER_REMEDY = (
+    "use teacher_targets: cached (each teacher's targets are computed on its own inputs) or set data.normalization"
+)
+
+
+def check_same_inputs(path: str, datamodule: Any, role: str = "teacher", remedy: str = LIVE_TEACHER_REMEDY) -> None:
+    """Raise ``ConfigError`` if a frozen model run on the data module's frames (a live teacher, a skim's reader)
+    would see inputs normalised otherwise than those it was trained on; ``role`` and ``remedy`` word the message."""
     recorded = recorded_normalization(path)
     current = getattr(datamodule, "normalization", None)
     if recorded is not None and current is not None and repr(recorded) != repr(current):
         raise ConfigError(
-            f"teacher checkpoint {path} was trained on {recorded!r} inputs but the data gives {current!r}: use "
-            "teacher_targets: cached (each teacher's targets are computed on its own inputs) or set data.normalization"
+            f"{role} checkpoint {path} was trained on {recorded!r} inputs but the data gives {current!r}: {remedy}"
         )
 
 
