@@ -15,8 +15,11 @@ from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.yt8m import FEATURE_DIM
 from lightning_distill.errors import ConfigError
 from lightning_distill.models.skim import SkimEncoder
+import lightning_distill.training.frame_utility as frame_utility_module
+import lightning_distill.training.student as student_module
 from lightning_distill.training.frame_utility import FrameUtilityModule, frame_utility
 from lightning_distill.training.losses import ClassificationLoss
+from lightning_distill.training.teacher_targets import load_frozen_teacher
 
 
 class FirstFeaturesReader(nn.Module):
@@ -60,7 +63,12 @@ def test_the_command_line_trains_a_utility_skim_and_a_student_reads_its_choice(s
     monkeypatch.chdir(tmp_path)
     teacher, data, short = skim_test_setup(synthetic_tfrecords, tmp_path)
     scorer_config = CONFIGS / "tiny" / "utility_skim_scorer.yaml"
+    loads = []
+    for module in (student_module, frame_utility_module):
+        monkeypatch.setattr(module, "load_frozen_teacher", lambda path: loads.append(path) or load_frozen_teacher(path))
     run_ok(["fit", f"--config={scorer_config}", *data, *short, f"--model.init_args.ensemble_teachers=[{teacher}]"])
+    # The reader is the teacher whose targets the fit caches: its checkpoint is read once, not once per use.
+    assert loads == [str(teacher)]
     (run,) = tmp_path.glob("runs/tiny/utility_skim_scorer/latest")
     # The best checkpoint is kept by val/utility, which the fit logs (Lightning fails a monitor never logged).
     (best,) = run.glob("checkpoints/best.ckpt")

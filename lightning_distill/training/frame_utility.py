@@ -24,6 +24,7 @@ from lightning_distill.models.skim import SkimEncoder
 from lightning_distill.training.module import save_plain_hyperparameters
 from lightning_distill.training.outputs import ModelOutput
 from lightning_distill.training.student import StudentModule
+from lightning_distill.training.teacher import TeacherModule
 from lightning_distill.training.teacher_targets import check_same_inputs, load_frozen_teacher
 
 # Frames the reader classifies at once: each is a one-frame video, so a batch of 64 videos is ~10^4 of them.
@@ -119,10 +120,15 @@ class FrameUtilityModule(StudentModule):
         # so each video's targets are computed once per fit, not once per epoch (4 bytes + 1 per frame in memory).
         self._targets: dict[tuple[bool, int], tuple[Tensor, Tensor]] = {}
 
+    def on_teachers_loaded(self, teachers: dict[str, TeacherModule]) -> None:
+        # The reader is usually the student's own teacher, just loaded to cache its targets.
+        if self.reader_checkpoint in teachers:
+            self.__dict__["_reader"] = teachers[self.reader_checkpoint]
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage in ("fit", "validate") and self._reader is None:
-            reader = load_frozen_teacher(self.reader_checkpoint)
+        if stage in ("fit", "validate"):
+            reader = self._reader or load_frozen_teacher(self.reader_checkpoint)
             check_same_inputs(
                 self.reader_checkpoint, self.trainer.datamodule, role="reader",
                 remedy="the reader is shown the skim's frames: name a reader trained on these inputs "

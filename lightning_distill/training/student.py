@@ -217,6 +217,7 @@ class StudentModule(VideoClassifierModule):
             self._teacher_start = self._starting_parts(primary)
         teachers = [primary] if primary is not None else []
         teachers += [load_frozen_teacher(path) for path in self.ensemble_teachers]
+        self.on_teachers_loaded(dict(zip(self.teacher_paths, teachers)))
         datamodule = self.trainer.datamodule
         if self.cacheable and hasattr(datamodule, "teacher_targets"):
             if primary is None:
@@ -237,6 +238,11 @@ class StudentModule(VideoClassifierModule):
         if self.criterion.teacher_outputs - CACHEABLE_OUTPUTS and self.teacher_targets == "cached":
             rank_zero_info("teacher targets: live (L_rep^I compares the teacher's per-frame states every step)")
         self.teacher = primary
+
+    def on_teachers_loaded(self, teachers: dict[str, TeacherModule]) -> None:
+        """Called by ``setup("fit")`` with every teacher it loaded (checkpoint path -> frozen module), before cached
+        targets let it drop them: a subclass that needs one of them for more keeps it here instead of reading its
+        checkpoint again (at paper sizes up to ~1 GB)."""
 
     def on_fit_start(self) -> None:
         # Starting weights are for a fresh fit: a resumed one has restored its own by now (trainer.ckpt_path set).
