@@ -17,7 +17,9 @@ from lightning_distill.cli.main import main
 from lightning_distill.errors import ConfigError
 from lightning_distill.config_files import deep_merge, load_config
 from lightning_distill.experiment.cell_config import cell_configs
-from lightning_distill.experiment.grid import Baseline, Grid, StudentVariant, expand_grid, row_labels
+from lightning_distill.experiment.grid import (
+    Baseline, Grid, StudentVariant, expand_grid, ordinal, row_labels, scorer_method,
+)
 from lightning_distill.atomic_files import write_json_atomic
 from lightning_distill.experiment import runner
 from lightning_distill.experiment.layout import ExperimentLayout
@@ -618,7 +620,8 @@ def test_a_skim_of_other_features_is_a_scorer_of_its_own_shared_by_its_students(
     cells = {cell.name: cell for cell in expand_grid(grid)}
     assert sorted(name for name in cells if name.startswith("skim")) == ["skim-audio_dims16-rgb_dims32-s0", "skim-s0"]
     scorer = cells["skim-audio_dims16-rgb_dims32-s0"]
-    assert scorer.method == "Skim of audio_dims 16, rgb_dims 32 (frame scorer)" != cells["skim-s0"].method
+    assert scorer.method == "Skim of 32 rgb + 16 audio features (frame scorer)"
+    assert cells["skim-s0"].method == "Skim of 128 audio features (frame scorer)"
     encoder = cell_configs(scorer, grid, layout, dict(FILES))[-1].config["model"]["init_args"]["encoder"]
     assert encoder["init_args"] == {"hidden": 16, **low_rank}
     assert "rgb_dims" not in cell_configs(cells["skim-s0"], grid, layout, dict(FILES))[-1].config["model"][
@@ -642,7 +645,7 @@ def test_a_utility_skim_is_a_scorer_cell_of_its_own_role_and_its_students_read_i
     assert scorer.role == "utility-skim-scorer" and scorer.waits_for == ["teacher-s0"]
     assert scorer.base_configs == (REPO / "configs" / "role" / "utility-skim-scorer.yaml",)
     assert scorer.method == "Utility skim of 32 rgb + 32 audio features, every 4th frame (frame scorer)"
-    assert cells["utility-skim-stride8-s0"].method == "Utility skim of stride 8 (frame scorer)"
+    assert cells["utility-skim-stride8-s0"].method == "Utility skim of 32 rgb + 32 audio features, every 8th frame (frame scorer)"
     config = cell_configs(scorer, grid, layout, dict(FILES))[-1].config
     model = config["model"]
     assert model["class_path"] == "lightning_distill.training.frame_utility.FrameUtilityModule"
@@ -662,6 +665,19 @@ def test_a_utility_skim_is_a_scorer_cell_of_its_own_role_and_its_students_read_i
     init_args = cell_configs(student, grid, layout, dict(FILES))[-1].config["model"]["init_args"]
     assert init_args["sampler"]["init_args"] == {"k": 3, "scorer_checkpoint": str(layout.checkpoint("utility-skim-s0"))}
     assert cells["serial-rep_pred_ce-skim-k3-s0"].scorer == "skim-s0"
+
+
+def test_a_scorers_label_says_what_it_skims_from_its_role_and_the_grids_settings():
+    role = REPO / "configs" / "role"
+    utility = role / "utility-skim-scorer.yaml"
+    assert (scorer_method("utility-skim", utility, {"rgb_dims": 30, "audio_dims": 30, "hidden": 64})
+            == "Utility skim of 30 rgb + 30 audio features, every 4th frame, hidden 64 (frame scorer)")
+    assert (scorer_method("utility-skim", utility, {"stride": 1})
+            == "Utility skim of 32 rgb + 32 audio features (frame scorer)")
+    assert scorer_method("skim", role / "skim-scorer.yaml", {"rgb_dims": 64, "audio_dims": 0}) == (
+        "Skim of 64 rgb features (frame scorer)")
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 103)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "103rd"]
 
 
 def test_an_any_k_student_of_a_selection_trains_on_uniform_frames_and_is_tested_on_the_choice(tmp_path):
@@ -702,15 +718,16 @@ def test_the_report_charges_frames_chosen_per_video_for_the_choice(configs, tmp_
     ]
     report = write_report(layout, grid, cells, costs, command="vdistill experiment")
     assert {method: scorer["cells"] for method, scorer in report["frame_scorers"].items()} == {
-        "Audio skim (frame scorer)": ["skim-s0"], "Skim of rgb_dims 8 (frame scorer)": ["skim-rgb_dims8-s0"]}
+        "Skim of 128 audio features (frame scorer)": ["skim-s0"],
+        "Skim of 8 rgb + 128 audio features (frame scorer)": ["skim-rgb_dims8-s0"]}
     by_read = {s.label: s for s in method_series(report, {6: 6.0, 30: 30.0}, "selection_frames")}
     assert by_read["Serial L_pred, L_CE (skim)"].x == [26.5, 50.5] and by_read["Uniform-k"].x == [6.0, 30.0]
     by_flops = {s.label: s for s in method_series(report, {6: 0.02, 30: 0.1}, "selection_gflops")}
     assert by_flops["Serial L_pred, L_CE (skim)"].x == pytest.approx([0.023, 0.103])
     markdown = layout.report_md.read_text()
     assert "| Serial L_pred, L_CE (skim) | 6 | 26.5 | 0.0230 | 0.700 |" in markdown
-    assert "Audio skim (frame scorer), every frame, as a classifier: GAP 0.100." in markdown
-    assert "Skim of rgb_dims 8 (frame scorer), every frame, as a classifier: GAP 0.200." in markdown
+    assert "Skim of 128 audio features (frame scorer), every frame, as a classifier: GAP 0.100." in markdown
+    assert "Skim of 8 rgb + 128 audio features (frame scorer), every frame, as a classifier: GAP 0.200." in markdown
     assert report["figures"]["GAP vs frames read (the choice of frames included)"] == "gap_vs_frames_read.png"
     assert (layout.root / "gap_vs_frames_read.png").read_bytes().startswith(PNG_SIGNATURE)
 

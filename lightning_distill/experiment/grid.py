@@ -7,11 +7,14 @@ the seeds. ``expand_grid`` turns it into *cells*: one training run each, the tea
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning_distill.config_files import load_config
 from lightning_distill.data.samplers import FrameSampler
 from lightning_distill.errors import ConfigError
+from lightning_distill.models.skim import SkimEncoder
 from lightning_distill.training.losses import LossTerm
 
 # The names a grid uses are the classes' own (one place per name): ``FrameSampler.registry`` for baselines,
@@ -36,11 +39,10 @@ ConfigPart = dict
 # Frames chosen per video (``StudentVariant.selection``): the name a grid uses -> the role config of the model that
 # chooses (trained once per seed against the seed's teacher).
 SELECTIONS = {"skim": "skim-scorer", "utility-skim": "utility-skim-scorer"}
-# The report's label of each selection's scorer: with its role's settings, and the kind of scorer with others.
-SCORER_METHODS = {
-    "skim": ("Audio skim (frame scorer)", "Skim"),
-    "utility-skim": ("Utility skim of 32 rgb + 32 audio features, every 4th frame (frame scorer)", "Utility skim"),
-}
+# The report's name for the kind of each selection's scorer.
+SCORER_KINDS = {"skim": "Skim", "utility-skim": "Utility skim"}
+# The skim settings a scorer's label puts in words; any other setting the grid gives is listed as "name value".
+WORDED_SETTINGS = ("rgb_dims", "audio_dims", "stride")
 
 
 def scorer_name(selection: str, scorer: ConfigPart) -> str:
@@ -49,12 +51,27 @@ def scorer_name(selection: str, scorer: ConfigPart) -> str:
     return "-".join([selection, *(f"{key}{value}" for key, value in sorted(scorer.items()))])
 
 
-def scorer_method(selection: str, scorer: ConfigPart) -> str:
-    """The report's label of ``selection``'s frame scorer trained with encoder settings ``scorer``."""
-    default, kind = SCORER_METHODS[selection]
-    if not scorer:
-        return default
-    return f"{kind} of {', '.join(f'{key} {value}' for key, value in sorted(scorer.items()))} (frame scorer)"
+def scorer_method(selection: str, role_config: Path, scorer: ConfigPart) -> str:
+    """The report's label of ``selection``'s frame scorer: what it skims, from its encoder's settings (the
+    ``SkimEncoder`` defaults, under the role config's, under the grid's ``scorer``), e.g. "Utility skim of 32 rgb + 32
+    audio features, every 4th frame (frame scorer)"."""
+    role_encoder = load_config(role_config).get("model", {}).get("init_args", {}).get("encoder", {})
+    defaults = {name: p.default for name, p in inspect.signature(SkimEncoder).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    settings = {**defaults, **role_encoder.get("init_args", {}), **scorer}
+    features = " + ".join(f"{settings[key]} {kind}" for key, kind in (("rgb_dims", "rgb"), ("audio_dims", "audio"))
+                          if settings[key])
+    words = [f"{features} features"]
+    if settings["stride"] > 1:
+        words.append(f"every {ordinal(settings['stride'])} frame")
+    words += [f"{key} {value}" for key, value in sorted(scorer.items()) if key not in WORDED_SETTINGS]
+    return f"{SCORER_KINDS[selection]} of {', '.join(words)} (frame scorer)"
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st, ..."""
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 # The data module arguments that say where the data is; synthetic data fills them in.
 DATA_FILE_KEYS = ("train_files", "val_files", "test_files")
@@ -516,7 +533,7 @@ def expand_grid(grid: Grid) -> list[Cell]:
             role = SELECTIONS[selection]
             paths = base_config_paths(grid, role)
             # The scorer is a student of the teacher of no family of its own: an ensemble of one, so no head is copied.
-            method = scorer_method(selection, scorer)
+            method = scorer_method(selection, paths[0], scorer)
             cells.append(Cell(scorer_cell(seed, selection, scorer), role, method, None, seed, paths,
                               ensemble=(teacher_cell(seed),), encoder=scorer))
         for k in grid.ks:
