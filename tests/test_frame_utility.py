@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -12,12 +13,13 @@ from torch import nn
 from cli_support import CONFIGS, fit_and_test_skim_student, run_error, run_ok, skim_test_setup
 from lightning_distill.data.batch import FrameView
 from lightning_distill.data.frame_store import FrameStore
+from lightning_distill.data.normalization import dequantize_frames
 from lightning_distill.data.yt8m import FEATURE_DIM
 from lightning_distill.errors import ConfigError
 from lightning_distill.models.skim import SkimEncoder
 import lightning_distill.training.frame_utility as frame_utility_module
 import lightning_distill.training.student as student_module
-from lightning_distill.training.frame_utility import FrameUtilityModule, frame_utility
+from lightning_distill.training.frame_utility import FrameUtilityModule, _frame_targets, frame_utility
 from lightning_distill.training.losses import ClassificationLoss
 from lightning_distill.training.teacher_targets import load_frozen_teacher
 
@@ -48,6 +50,39 @@ def test_a_frames_utility_is_the_log_probability_of_its_videos_labels_standardis
     assert not defined[2].any() and (utility[2] == 0).all()
 
 
+def check_utility_cache(path, store_path, reader) -> None:
+    """The cache at ``path`` holds, for every video of the store, ``frame_utility`` of the video shown alone (frames
+    dequantised and L2-normalised, the data's default) in its first slots and NaN after (float16)."""
+    store = FrameStore(store_path)
+    with h5py.File(path, "r") as f:
+        rows = f["utility"][:]
+    assert rows.dtype == np.float16 and rows.shape == (len(store), 40) and np.isfinite(rows).sum() > len(store)
+    for index in range(len(store)):
+        record = store[index]
+        frames = torch.from_numpy(np.concatenate([record.rgb, record.audio], axis=1)[:40])
+        frames = torch.nn.functional.normalize(dequantize_frames(frames), dim=-1)[None]
+        length = frames.shape[1]
+        labels = torch.zeros(1, reader.head.num_classes)
+        labels[0, torch.from_numpy(record.labels)] = 1.0
+        view = FrameView(frames, torch.ones(1, length, dtype=torch.bool), torch.arange(length)[None])
+        utility, defined = frame_utility(reader, view, labels)
+        expected = torch.where(defined, utility, torch.nan)[0].numpy()
+        assert np.allclose(rows[index, :length].astype(np.float32), expected, atol=5e-3, equal_nan=True)
+        assert np.isnan(rows[index, length:].astype(np.float32)).all()
+
+
+def test_cached_targets_are_gathered_by_frame_position_and_undefined_where_nan_or_padding():
+    class Rows:
+        def read(self, videos):
+            table = np.array([[0.5, np.nan, 2.0, -1.0], [1.0, 3.0, np.nan, np.nan]], np.float16)
+            return {"utility": table[videos]}
+
+    positions = torch.tensor([[2, 0, 1, -1], [1, 0, -1, -1]])
+    target, defined = _frame_targets(Rows(), torch.tensor([0, 1]), positions)
+    assert defined.tolist() == [[True, True, False, False], [True, True, False, False]]
+    assert target.tolist() == [[2.0, 0.5, 0.0, 0.0], [3.0, 1.0, 0.0, 0.0]]
+
+
 def test_the_module_learns_the_read_out_of_a_utility_skim_only(tmp_path):
     with pytest.raises(ConfigError, match="SkimEncoder with scoring: utility"):
         FrameUtilityModule(SkimEncoder(), 4, ensemble_teachers=[str(tmp_path / "t.ckpt")])
@@ -69,6 +104,16 @@ def test_the_command_line_trains_a_utility_skim_and_a_student_reads_its_choice(s
     run_ok(["fit", f"--config={scorer_config}", *data, *short, f"--model.init_args.ensemble_teachers=[{teacher}]"])
     # The reader is the teacher whose targets the fit caches: its checkpoint is read once, not once per use.
     assert loads == [str(teacher)]
+    # Every frame's utility is kept beside each store, one file per split, as computed for each video alone.
+    caches = sorted((tmp_path / "stores").glob("*.utility-*.h5"))
+    assert [path.name.split(".")[0] for path in caches] == ["train", "val"]
+    check_utility_cache(caches[0], tmp_path / "stores" / "train.h5", load_frozen_teacher(str(teacher)))
+    # A later fit with the same reader and data reuses them.
+    written = [path.stat().st_mtime_ns for path in caches]
+    run_ok(["fit", f"--config={scorer_config}", *data, *short, f"--model.init_args.ensemble_teachers=[{teacher}]",
+            "--run_name=again"])
+    assert sorted((tmp_path / "stores").glob("*.utility-*.h5")) == caches
+    assert [path.stat().st_mtime_ns for path in caches] == written
     (run,) = tmp_path.glob("runs/tiny/utility_skim_scorer/latest")
     # The best checkpoint is kept by val/utility, which the fit logs (Lightning fails a monitor never logged).
     (best,) = run.glob("checkpoints/best.ckpt")

@@ -33,8 +33,9 @@ from store_writer import write_frame_store
 SYNTHETIC_CLASSES = 8
 
 
-def fake_teacher(view) -> dict[str, torch.Tensor]:
+def fake_teacher(batch) -> dict[str, torch.Tensor]:
     """A deterministic stand-in: mean frame as representation, its first classes' sigmoid as probabilities."""
+    view = batch.views["teacher"]
     mean = view.frames.sum(1) / view.mask.sum(1, keepdim=True)
     return {"representation": mean, "probabilities": torch.sigmoid(mean[:, :6])}
 

@@ -28,7 +28,7 @@ from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.loading import ThreadedDataLoader, VideoBatchDataset, VideoBatchSampler, every_frame_view
 from lightning_distill.data.normalization import FeatureNormalizer, FrameL2Normalization, dequantize_frames
 from lightning_distill.data.samplers import FrameSampler, ScoredSampler
-from lightning_distill.data.target_cache import TargetCache, build_target_cache, cache_key
+from lightning_distill.data.target_cache import TEACHER_TARGETS, CacheKind, TargetCache, build_target_cache, cache_key
 from lightning_distill.data.yt8m import MAX_FRAMES
 from lightning_distill.data.tfrecord_reader import detect_format
 from lightning_distill.errors import ConfigError, DataError
@@ -194,7 +194,7 @@ class YT8MDataModule(L.LightningDataModule):
 
     def teacher_targets(
         self,
-        teacher: Callable[[FrameView], dict[str, Tensor]],
+        teacher: Callable[[VideoBatch], dict[str, Tensor]],
         *,
         checkpoint: str,
         sampler: FrameSampler,
@@ -202,43 +202,54 @@ class YT8MDataModule(L.LightningDataModule):
         precision: str = "32-true",
         context: Callable[[], AbstractContextManager] = nullcontext,
         normalization: FeatureNormalizer | None = None,
+        split: str = "train",
+        kind: CacheKind = TEACHER_TARGETS,
     ) -> tuple[TargetCache, bool]:
-        """A teacher's outputs for every training video, computed once: its cache beside the train store
-        (``data/target_cache.py``), built first if this teacher, store and view have none: one pass over the store,
-        in store order, on ``device``. ``use_teacher_targets`` attaches caches to the training batches.
+        """A frozen model's outputs for every video of a split, computed once: its cache beside the split's store
+        (``data/target_cache.py``), built first if this model, store and view have none: one pass over the store,
+        in store order, on ``device``. ``use_teacher_targets`` attaches teacher-target caches to the training batches.
 
         Args:
-            teacher: a view (dequantised and normalised, on ``device``) -> ``{"representation": (B, E),
-                "probabilities": (B, C)}``.
-            checkpoint: the teacher's checkpoint file (its bytes are part of the cache's key).
-            sampler: the teacher's frames.
-            device: where the teacher runs.
+            teacher: a batch whose "teacher" view is dequantised and normalised, on ``device`` -> a (B, ...) row per
+                video of each of ``kind``'s fields (a teacher: ``{"representation": (B, E), "probabilities":
+                (B, C)}``).
+            checkpoint: the model's checkpoint file (its bytes are part of the cache's key).
+            sampler: the model's frames.
+            device: where the model runs.
             precision: the trainer's precision setting (part of the cache's key).
-            context: entered around each teacher call: the precision's autocast context, so the targets are what
-                the teacher computes while training.
-            normalization: the inputs the teacher was trained on; default: this data module's ``normalization``.
+            context: entered around each model call: the precision's autocast context, so the targets are what
+                the model computes while training.
+            normalization: the inputs the model was trained on; default: this data module's ``normalization``.
+            split: whose store: ``train`` (teacher targets) or ``val``.
+            kind: what the cache holds.
 
         Returns:
             The cache, and whether this call built it.
         """
-        if "train" not in self._stores:
+        if split not in self._stores:
             self.setup("fit")
+        if split not in self._stores:
+            raise ConfigError(f"no {split} data to compute targets for: set data.{split}_files")
         normalization = normalization or self.normalization
-        path = self.store_path("train")
+        store = self._stores[split]
         view = {"sampler": repr(sampler), "normalization": repr(normalization), "max_frames": self.max_frames,
                 "precision": precision}
-        key = cache_key(checkpoint, self._stores["train"], view)
+        key = cache_key(checkpoint, store, view)
 
         def batches() -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-            store = self._stores["train"]
             loader = self._make_loader(store, np.arange(len(store)), {"teacher": sampler}, shuffle=False, ranks={})
             for batch in loader:
                 batch = _model_inputs(move_data_to_device(batch, device), normalization)
                 with torch.no_grad(), context():
-                    outputs = teacher(batch.views["teacher"])
+                    outputs = teacher(batch)
                 yield batch.indices.numpy(), {name: value.float().cpu().numpy() for name, value in outputs.items()}
 
-        return build_target_cache(path, key, batches, teacher=str(checkpoint))
+        # The store's own path: a validation split carved out of train shares the train store (and its cache).
+        return build_target_cache(store.path, key, batches, teacher=str(checkpoint), kind=kind)
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``split`` has videos to load, once set up (validation may be carved out of train, or absent)."""
+        return split in self._videos
 
     def read_view(self, split: str, videos: Tensor, positions: Tensor) -> FrameView:
         """Frames of a split's videos read on demand, as the model sees them (on ``positions``' device): what a

@@ -5,18 +5,26 @@ Uniform-k on data it was not tuned to: what stands out need not be what evidence
 gives the skim a target for each frame instead: the frame's *utility*, how well the frozen teacher, shown that frame
 alone, predicts the video's labels. A linear read-out of the skim's per-frame features (``SkimEncoder(scoring=
 "utility")``) regresses it, and ``SkimSampler`` then reads the frame of highest estimated utility in each of k
-segments. The teacher reads every frame of a training video once per fit, one frame
-at a time; choosing at test time needs only the skim.
+segments. The teacher reads every frame of the training and validation videos once per reader and data, one frame at
+a time, and the utilities are kept beside the store like a teacher's targets (``FRAME_UTILITY``); choosing at test
+time needs only the skim.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.data.batch import FrameView, VideoBatch
+from lightning_distill.data.samplers import AllFramesSampler
+from lightning_distill.data.target_cache import FRAME_UTILITY, TargetCache
 from lightning_distill.errors import ConfigError
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.modes import eval_mode
@@ -25,7 +33,7 @@ from lightning_distill.training.module import save_plain_hyperparameters
 from lightning_distill.training.outputs import ModelOutput
 from lightning_distill.training.student import StudentModule
 from lightning_distill.training.teacher import TeacherModule
-from lightning_distill.training.teacher_targets import check_same_inputs, load_frozen_teacher
+from lightning_distill.training.teacher_targets import check_same_inputs, load_frozen_teacher, recorded_normalization
 
 # Frames the reader classifies at once: each is a one-frame video, so a batch of 64 videos is ~10^4 of them.
 READER_CHUNK = 4096
@@ -113,12 +121,12 @@ class FrameUtilityModule(StudentModule):
                 "teacher_checkpoint or ensemble_teachers"
             )
         self.utility_weight = utility_weight
-        # Loaded by setup, kept out of the module's tree: its weights belong to no checkpoint of the skim's.
+        # Set while setup builds the caches, kept out of the module's tree: its weights belong to no checkpoint of the
+        # skim's.
         self.__dict__["_reader"] = None
+        # Split ("train", "val") -> its frames' utility, cached by setup: the reader is frozen and the frames fixed.
+        self._caches: dict[str, TargetCache] = {}
         self._utility_error: Tensor | None = None
-        # (training?, store index) -> the video's (utility, defined) rows: the reader is frozen and the frames fixed,
-        # so each video's targets are computed once per fit, not once per epoch (4 bytes + 1 per frame in memory).
-        self._targets: dict[tuple[bool, int], tuple[Tensor, Tensor]] = {}
 
     def on_teachers_loaded(self, teachers: dict[str, TeacherModule]) -> None:
         # The reader is usually the student's own teacher, just loaded to cache its targets.
@@ -127,43 +135,62 @@ class FrameUtilityModule(StudentModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage in ("fit", "validate"):
-            reader = self._reader or load_frozen_teacher(self.reader_checkpoint)
-            check_same_inputs(
-                self.reader_checkpoint, self.trainer.datamodule, role="reader",
-                remedy="the reader is shown the skim's frames: name a reader trained on these inputs "
-                "(reader_checkpoint), e.g. a NetVLAD or H-RNN teacher",
-            )
-            self.__dict__["_reader"] = reader
+        if stage not in ("fit", "validate"):
+            return
+        check_same_inputs(
+            self.reader_checkpoint, self.trainer.datamodule, role="reader",
+            remedy="the reader is shown the skim's frames: name a reader trained on these inputs "
+            "(reader_checkpoint), e.g. a NetVLAD or H-RNN teacher",
+        )
+        device = self.trainer.strategy.root_device
+
+        @functools.cache
+        def reader() -> TeacherModule:
+            # Loaded only to build a cache: a fit whose caches exist reads nothing of the reader but its bytes' hash.
+            return (self._reader or load_frozen_teacher(self.reader_checkpoint)).to(device)
+
+        splits = ("train", "val") if stage == "fit" else ("val",)
+        datamodule = self.trainer.datamodule
+        self._caches = {split: self._utility_cache(reader, split) for split in splits if datamodule.has_split(split)}
+        # The caches hold all the reader gives: its weights need not stay in memory.
+        self.__dict__["_reader"] = None
+
+    def _utility_cache(self, reader: Callable[[], TeacherModule], split: str) -> TargetCache:
+        """``frame_utility`` of every frame of ``split``'s store under ``reader()``, computed once and kept beside the
+        store (``data/target_cache.py``, ``FRAME_UTILITY``): later fits of any skim with this reader and data reuse
+        it, and a fit holds none of it in memory."""
+        trainer = self.trainer
+        max_frames = trainer.datamodule.max_frames
+
+        def utilities(batch: VideoBatch) -> dict[str, Tensor]:
+            utility, defined = frame_utility(reader(), batch.views["teacher"], batch.labels)
+            rows = utility.float().masked_fill(~defined, float("nan"))
+            return {"utility": F.pad(rows, (0, max_frames - rows.shape[1]), value=float("nan"))}
+
+        cache, built = trainer.datamodule.teacher_targets(
+            utilities,
+            checkpoint=self.reader_checkpoint,
+            sampler=AllFramesSampler(),
+            device=trainer.strategy.root_device,
+            precision=str(trainer.precision),
+            context=trainer.precision_plugin.forward_context,
+            normalization=recorded_normalization(self.reader_checkpoint),
+            split=split,
+            kind=FRAME_UTILITY,
+        )
+        action = "built" if built else "reused"
+        rank_zero_info(f"frame utility ({split}): cached, {action} {cache.path} (the build took {cache.build_seconds:.1f} s)")
+        return cache
 
     def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
         outputs = super().model_step(batch)
-        if self._reader is not None:
+        cache = self._caches.get("train" if self.training else "val")
+        if cache is not None:
             # Kept for ``losses`` and ``validation_step``, which the base step calls with the outputs alone.
-            target, defined = self._frame_targets(batch)
+            target, defined = _frame_targets(cache, batch.indices, batch.views["student"].positions)
             estimate = outputs["student"].intermediate.squeeze(-1)
             self._utility_error = ((estimate - target) ** 2 * defined).sum() / defined.sum().clamp(min=1)
         return outputs
-
-    def _frame_targets(self, batch: VideoBatch) -> tuple[Tensor, Tensor]:
-        """``frame_utility`` of the batch's "student" view (every frame), from the reader once per video and fit."""
-        view = batch.views["student"]
-        keys = [(self.training, index) for index in batch.indices.tolist()]
-        new = [row for row, key in enumerate(keys) if key not in self._targets]
-        if new:
-            rows = torch.tensor(new, device=view.frames.device)
-            subset = FrameView(view.frames[rows], view.mask[rows], view.positions[rows])
-            utility, defined = frame_utility(self._reader.to(view.frames.device), subset, batch.labels[rows])
-            for row, values, where in zip(new, utility, defined):
-                length = int(view.mask[row].sum())
-                self._targets[keys[row]] = (values[:length].cpu(), where[:length].cpu())
-        target = torch.zeros(view.mask.shape, device=view.frames.device)
-        defined = torch.zeros_like(view.mask)
-        for row, key in enumerate(keys):
-            values, where = self._targets[key]
-            target[row, : len(values)] = values.to(target.device)
-            defined[row, : len(where)] = where.to(defined.device)
-        return target, defined
 
     def losses(self, outputs: dict[str, ModelOutput], labels: Tensor) -> dict[str, Tensor]:
         parts = super().losses(outputs, labels)
@@ -172,9 +199,18 @@ class FrameUtilityModule(StudentModule):
 
     def validation_step(self, batch: VideoBatch, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
-        if self._reader is not None:
+        if "val" in self._caches:
             self.log("val/utility", self._utility_error, on_step=False, on_epoch=True, batch_size=len(batch),
                      sync_dist=True)
+
+
+def _frame_targets(cache: TargetCache, videos: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    """The cached utility of each slot's frame (0 where undefined), and where it is defined: (B, T) each, on
+    ``positions``' device, for store indices ``videos`` (B,) and frame indices ``positions`` (B, T), -1 at padding."""
+    rows = torch.from_numpy(cache.read(videos.cpu().numpy())["utility"].astype(np.float32)).to(positions.device)
+    values = rows.gather(1, positions.clamp(min=0))
+    defined = (positions >= 0) & ~values.isnan()
+    return values.nan_to_num(0.0).masked_fill(~defined, 0.0), defined
 
 
 __all__ = ["FrameUtilityModule", "frame_utility"]

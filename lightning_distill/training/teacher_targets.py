@@ -83,7 +83,7 @@ def cached_targets(trainer: Trainer, teacher: TeacherModule, path: str, sampler:
     device = trainer.strategy.root_device
     teacher.to(device)
     cache, built = trainer.datamodule.teacher_targets(
-        lambda view: video_outputs(teacher, view),
+        lambda batch: video_outputs(teacher, batch.views["teacher"]),
         checkpoint=path,
         sampler=sampler,
         device=device,
