@@ -645,7 +645,8 @@ def test_a_utility_skim_is_a_scorer_cell_of_its_own_role_and_its_students_read_i
     assert scorer.role == "utility-skim-scorer" and scorer.waits_for == ["teacher-s0"]
     assert scorer.base_configs == (REPO / "configs" / "role" / "utility-skim-scorer.yaml",)
     assert scorer.method == "Utility skim of 32 rgb + 32 audio features, every 4th frame (frame scorer)"
-    assert cells["utility-skim-stride8-s0"].method == "Utility skim of 32 rgb + 32 audio features, every 8th frame (frame scorer)"
+    assert cells["utility-skim-stride8-s0"].method == (
+        "Utility skim of 32 rgb + 32 audio features, every 8th frame (frame scorer)")
     config = cell_configs(scorer, grid, layout, dict(FILES))[-1].config
     model = config["model"]
     assert model["class_path"] == "lightning_distill.training.frame_utility.FrameUtilityModule"

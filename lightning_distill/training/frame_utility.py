@@ -179,7 +179,9 @@ class FrameUtilityModule(StudentModule):
             kind=FRAME_UTILITY,
         )
         action = "built" if built else "reused"
-        rank_zero_info(f"frame utility ({split}): cached, {action} {cache.path} (the build took {cache.build_seconds:.1f} s)")
+        rank_zero_info(
+            f"frame utility ({split}): cached, {action} {cache.path} (the build took {cache.build_seconds:.1f} s)"
+        )
         return cache
 
     def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
