@@ -46,6 +46,9 @@ def test_the_ensemble_averages_probabilities_and_puts_representations_side_by_si
     assert both.representation.tolist() == [[1.0, 2.0, 3.0, 4.0, 5.0]]
     assert both.probabilities[0].tolist() == pytest.approx([0.4, 0.6, 0.3])
     assert ensemble_output([a]) is a
+    # Only the represented teachers' parts are compared by L_rep; every teacher's probabilities still count.
+    own = ensemble_output([a, b], represented=[True, False])
+    assert own.representation.tolist() == [[1.0, 2.0]] and own.probabilities[0].tolist() == pytest.approx([0.4, 0.6, 0.3])
 
 
 def test_the_adapter_keeps_a_same_family_part_and_projects_the_others():
@@ -169,6 +172,27 @@ def test_a_student_of_another_family_alone_starts_its_head_from_scratch(teachers
     student = hrnn_student(None, ensemble_teachers=[str(teachers["nextvlad"])])
     fit(student, synthetic_tfrecords, tmp_path, max_steps=1)
     assert [type(p).__name__ for p in student.adapter.projections] == ["Linear"]
+
+
+def test_an_ensemble_students_representation_may_be_compared_with_its_own_familys_teachers_only(
+    teachers, synthetic_tfrecords, tmp_path
+):
+    student = hrnn_student(str(teachers["hrnn"]), ensemble_teachers=[str(teachers["nextvlad"])],
+                           ensemble_representation="own")
+    trainer = fit(student, synthetic_tfrecords, tmp_path, max_steps=1)
+    assert [type(p).__name__ for p in student.adapter.projections] == ["Identity"]
+    batch = next(iter(trainer.datamodule.train_dataloader()))
+    outputs = student.model_step(trainer.datamodule.on_after_batch_transfer(batch, 0))
+    # L_rep against the H-RNN teacher's representation alone; L_pred against both teachers' mean probabilities.
+    assert torch.equal(outputs["teacher"].representation, batch.targets[0]["representation"])
+    mean = (batch.targets[0]["probabilities"] + batch.targets[1]["probabilities"]) / 2
+    assert torch.allclose(outputs["teacher"].probabilities, mean)
+    # Without a teacher of the student's family there is nothing to compare its representation with.
+    with pytest.raises(ConfigError, match="ensemble_representation: own, but no teacher .* is of the student's family"):
+        fit(hrnn_student(None, ensemble_teachers=[str(teachers["nextvlad"])], ensemble_representation="own"),
+            synthetic_tfrecords, tmp_path, max_steps=1)
+    with pytest.raises(ConfigError, match="ensemble_representation must be 'every' or 'own'"):
+        hrnn_student(str(teachers["hrnn"]), ensemble_representation="both")
 
 
 def test_ensembles_need_cached_video_level_targets(teachers):

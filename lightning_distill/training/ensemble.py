@@ -19,18 +19,21 @@ from torch import Tensor, nn
 from lightning_distill.training.outputs import ModelOutput
 
 
-def ensemble_output(teachers: list[ModelOutput]) -> ModelOutput:
+def ensemble_output(teachers: list[ModelOutput], represented: list[bool] | None = None) -> ModelOutput:
     """Several teachers' video-level outputs as one: probabilities averaged, representations concatenated.
 
     One teacher is returned as it is.
 
     Args:
         teachers: each teacher's outputs for the same B videos (representations (B, E_i), probabilities (B, C)).
+        represented: per teacher, whether its representation is part of the ensemble's (what L_rep compares with);
+            default: every teacher's.
     """
     if len(teachers) == 1:
         return teachers[0]
+    represented = represented or [True] * len(teachers)
     return ModelOutput(
-        representation=torch.cat([t.representation for t in teachers], dim=1),
+        representation=torch.cat([t.representation for t, kept in zip(teachers, represented) if kept], dim=1),
         intermediate=None,
         probabilities=torch.stack([t.probabilities for t in teachers]).mean(dim=0),
         positions=None,

@@ -114,6 +114,11 @@ class StudentModule(VideoClassifierModule):
         encoder_from_teacher: start the encoder from the teacher's trained encoder instead of random weights (beyond
             the paper: the student is the teacher's network shown fewer frames, so the teacher's weights are a
             start that already works on k frames). Needs ``teacher_checkpoint``; ``init_from`` overrides it.
+        ensemble_representation: with ``ensemble_teachers``, whose representations L_rep compares with: ``every``
+            teacher's (one of another family through a learned projection, as above) or only the ``own`` family's
+            (teachers of the student's family and sizes; the others teach through L_pred alone). A NetVLAD student
+            of NetVLAD + H-RNN teachers lost 0.005 GAP at k = 6 to the projection onto H-RNN's representation on the
+            independent data, and none with ``own`` (README, "Teachers of several families").
     """
 
     evaluated_roles = ("student",)
@@ -137,6 +142,7 @@ class StudentModule(VideoClassifierModule):
         ensemble_teachers: list[str] | None = None,
         head_from_teacher: bool = True,
         encoder_from_teacher: bool = False,
+        ensemble_representation: Literal["every", "own"] = "every",
     ) -> None:
         super().__init__(
             encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30), train_sampler
@@ -170,6 +176,11 @@ class StudentModule(VideoClassifierModule):
                 "encoder_from_teacher is true but teacher_checkpoint is not set: give the TeacherModule's .ckpt "
                 "whose encoder starts the student, or set encoder_from_teacher: false"
             )
+        if ensemble_representation not in ("every", "own"):
+            raise ConfigError(f"ensemble_representation must be 'every' or 'own', got {ensemble_representation!r}")
+        self.ensemble_representation = ensemble_representation
+        # Per teacher, whether its representation is part of the ensemble's: set by setup("fit").
+        self._represented: list[bool] | None = None
         self.head_from_teacher = head_from_teacher
         self.encoder_from_teacher = encoder_from_teacher
         self.teacher_checkpoint = teacher_checkpoint
@@ -230,7 +241,7 @@ class StudentModule(VideoClassifierModule):
             )
             self._targets_cached = True
             if (len(teachers) > 1 or primary is None) and "representation" in self.criterion.teacher_outputs:
-                self.adapter = self._adapter([t.encoder for t in teachers])
+                self.adapter = self._adapter([t.encoder for t in teachers], self.teacher_paths)
             return
         if self.ensemble_teachers:
             raise ConfigError("ensemble_teachers need a data module that caches teacher targets (YT8MDataModule)")
@@ -258,7 +269,9 @@ class StudentModule(VideoClassifierModule):
         outputs = {"student": self(batch.views["student"])}
         outputs.update({name: self(view) for name, view in batch.views.items() if _is_every_batch_view(name)})
         if batch.targets is not None:
-            outputs["teacher"] = ensemble_output([ModelOutput.from_targets(rows) for rows in batch.targets])
+            outputs["teacher"] = ensemble_output(
+                [ModelOutput.from_targets(rows) for rows in batch.targets], self._represented
+            )
         elif self.teacher is not None and self.criterion.needs_teacher and "teacher" in batch.views:
             # Eval mode where it runs (dropout off, batch-norm statistics frozen): the fixed target it was trained
             # to be, whatever mode Lightning puts the whole module in.
@@ -307,10 +320,20 @@ class StudentModule(VideoClassifierModule):
             parts["encoder"] = teacher.encoder
         return {name: {key: value.clone() for key, value in part.state_dict().items()} for name, part in parts.items()}
 
-    def _adapter(self, encoders: list[VideoEncoder]) -> RepresentationAdapter:
-        """Matches the student's representation to the ensemble's: itself for a teacher of its family and sizes."""
-        projected = [not same_family(encoder, self.encoder) for encoder in encoders]
-        return RepresentationAdapter(self.encoder.output_dim, [e.output_dim for e in encoders], projected)
+    def _adapter(self, encoders: list[VideoEncoder], paths: list[str]) -> RepresentationAdapter:
+        """Matches the student's representation to the ensemble's: itself for a teacher of its family and sizes,
+        a learned projection for any other (left out with ``ensemble_representation: own``)."""
+        same = [same_family(encoder, self.encoder) for encoder in encoders]
+        self._represented = same if self.ensemble_representation == "own" else [True] * len(encoders)
+        if not any(self._represented):
+            raise ConfigError(
+                f"ensemble_representation: own, but no teacher ({', '.join(paths)}) is of the student's family and "
+                "sizes: use ensemble_representation: every, or drop L_rep"
+            )
+        kept = [(encoder, not own) for encoder, own, kept in zip(encoders, same, self._represented) if kept]
+        return RepresentationAdapter(
+            self.encoder.output_dim, [e.output_dim for e, _ in kept], [projected for _, projected in kept]
+        )
 
     def _load_teacher(self, path: str) -> TeacherModule:
         """The student's own teacher: of its family and sizes, with the head the student starts from."""
