@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import os
 import signal
@@ -16,6 +18,7 @@ from cli_support import teacher_checkpoint
 from lightning_distill.data.datamodule import YT8MDataModule
 from lightning_distill.data.frame_store import FrameStore
 from lightning_distill.data.samplers import AllFramesSampler, UniformSampler
+from lightning_distill.data import target_cache
 from lightning_distill.data.target_cache import TargetCache, build_target_cache, cache_key, cache_path
 from lightning_distill.errors import DataError
 from lightning_distill.models import HRNN, MoEHead
@@ -103,6 +106,26 @@ def test_a_new_teacher_or_changed_data_rebuilds_and_nothing_stale_is_used(store,
     # A cache file is never read for another key.
     with pytest.raises(DataError, match="not a finished teacher-target cache"):
         TargetCache(changed.path, cache_key(second, FrameStore(store), view))
+
+
+def test_a_checkpoint_is_hashed_once_for_all_its_caches_and_again_once_rewritten(store, tmp_path, monkeypatch):
+    checkpoint = tmp_path / "teacher.ckpt"
+    checkpoint.write_bytes(b"teacher A")
+    view = {"max_frames": 24}
+    opened = []
+    monkeypatch.setattr(target_cache, "open", lambda path, mode: opened.append(path) or open(path, mode), raising=False)
+    first = cache_key(checkpoint, FrameStore(store), view)
+    # Another view (or store) of the same checkpoint: its bytes are not read again, and the key is what hashing them
+    # afresh gives.
+    other = cache_key(checkpoint, FrameStore(store), {"max_frames": 23})
+    assert opened == [str(checkpoint)] and other != first
+    expected = hashlib.sha256(b"teacher A")
+    expected.update(FrameStore(store).fingerprint().encode())
+    expected.update(json.dumps(view, sort_keys=True).encode())
+    assert first == expected.hexdigest()
+    # Rewritten (another size), it is read again and keys another cache.
+    checkpoint.write_bytes(b"teacher AB")
+    assert cache_key(checkpoint, FrameStore(store), view) != first and len(opened) == 2
 
 
 def _build_slowly(store, key, started) -> None:

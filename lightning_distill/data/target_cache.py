@@ -21,6 +21,7 @@ only a temporary that the next build deletes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -107,13 +108,23 @@ def cache_key(teacher_checkpoint: str | Path, store: FrameStore, view: dict[str,
         store: the store whose videos the teacher sees.
         view: everything else the outputs depend on (sampler, normalisation, max_frames), JSON-serialisable.
     """
-    digest = hashlib.sha256()
-    with open(teacher_checkpoint, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
+    stat = Path(teacher_checkpoint).stat()
+    digest = _checkpoint_digest(str(teacher_checkpoint), stat.st_size, stat.st_mtime_ns).copy()
     digest.update(store.fingerprint().encode())
     digest.update(json.dumps(view, sort_keys=True, default=str).encode())
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _checkpoint_digest(path: str, size: int, mtime_ns: int) -> hashlib._Hash:
+    """sha256 state after a checkpoint's bytes, kept per process: one fit keys several caches by one checkpoint (its
+    teacher targets, a skim's train and val utilities), and at paper sizes each read is ~1 GB. The size and
+    modification time are part of the memo's key, so a rewritten file is read again."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest
 
 
 def build_target_cache(
