@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.data.batch import FrameView, VideoBatch
+from lightning_distill.data.normalization import FeatureNormalizer
 from lightning_distill.data.samplers import AllFramesSampler
 from lightning_distill.data.target_cache import FRAME_UTILITY, TargetCache
 from lightning_distill.errors import ConfigError
@@ -149,16 +150,21 @@ class FrameUtilityModule(StudentModule):
             # Loaded only to build a cache: a fit whose caches exist reads nothing of the reader but its bytes' hash.
             return (self._reader or load_frozen_teacher(self.reader_checkpoint)).to(device)
 
+        inputs = recorded_normalization(self.reader_checkpoint)
         splits = ("train", "val") if stage == "fit" else ("val",)
         datamodule = self.trainer.datamodule
-        self._caches = {split: self._utility_cache(reader, split) for split in splits if datamodule.has_split(split)}
+        self._caches = {
+            split: self._utility_cache(reader, inputs, split) for split in splits if datamodule.has_split(split)
+        }
         # The caches hold all the reader gives: its weights need not stay in memory.
         self.__dict__["_reader"] = None
 
-    def _utility_cache(self, reader: Callable[[], TeacherModule], split: str) -> TargetCache:
-        """``frame_utility`` of every frame of ``split``'s store under ``reader()``, computed once and kept beside the
-        store (``data/target_cache.py``, ``FRAME_UTILITY``): later fits of any skim with this reader and data reuse
-        it, and a fit holds none of it in memory."""
+    def _utility_cache(
+        self, reader: Callable[[], TeacherModule], inputs: FeatureNormalizer | None, split: str
+    ) -> TargetCache:
+        """``frame_utility`` of every frame of ``split``'s store under ``reader()`` (trained on ``inputs``), computed
+        once and kept beside the store (``data/target_cache.py``, ``FRAME_UTILITY``): later fits of any skim with this
+        reader and data reuse it, and a fit holds none of it in memory."""
         trainer = self.trainer
         max_frames = trainer.datamodule.max_frames
 
@@ -174,7 +180,7 @@ class FrameUtilityModule(StudentModule):
             device=trainer.strategy.root_device,
             precision=str(trainer.precision),
             context=trainer.precision_plugin.forward_context,
-            normalization=recorded_normalization(self.reader_checkpoint),
+            normalization=inputs,
             split=split,
             kind=FRAME_UTILITY,
         )
