@@ -242,7 +242,9 @@ class StudentModule(VideoClassifierModule):
             )
             self._targets_cached = True
             if (len(teachers) > 1 or primary is None) and "representation" in self.criterion.teacher_outputs:
-                self.adapter = self._adapter([t.encoder for t in teachers], self.teacher_paths)
+                own = [same_family(t.encoder, self.encoder) for t in teachers]
+                self._represented = own if self.ensemble_representation == "own" else [True] * len(teachers)
+                self.adapter = self._adapter(teachers, own)
             return
         if self.ensemble_teachers:
             raise ConfigError("ensemble_teachers need a data module that caches teacher targets (YT8MDataModule)")
@@ -321,20 +323,16 @@ class StudentModule(VideoClassifierModule):
             parts["encoder"] = teacher.encoder
         return {name: {key: value.clone() for key, value in part.state_dict().items()} for name, part in parts.items()}
 
-    def _adapter(self, encoders: list[VideoEncoder], paths: list[str]) -> RepresentationAdapter:
-        """Matches the student's representation to the ensemble's: itself for a teacher of its family and sizes,
-        a learned projection for any other (left out with ``ensemble_representation: own``)."""
-        same = [same_family(encoder, self.encoder) for encoder in encoders]
-        self._represented = same if self.ensemble_representation == "own" else [True] * len(encoders)
+    def _adapter(self, teachers: list[TeacherModule], own: list[bool]) -> RepresentationAdapter:
+        """Matches the student's representation to the ensemble's parts (``_represented``): itself for a teacher of
+        its family and sizes (``own``), a learned projection for any other."""
         if not any(self._represented):
             raise ConfigError(
-                f"ensemble_representation: own, but no teacher ({', '.join(paths)}) is of the student's family and "
-                "sizes: use ensemble_representation: every, or drop L_rep"
+                f"ensemble_representation: own, but no teacher ({', '.join(self.teacher_paths)}) is of the student's "
+                "family and sizes: use ensemble_representation: every, or drop L_rep"
             )
-        kept = [(encoder, not own) for encoder, own, kept in zip(encoders, same, self._represented) if kept]
-        return RepresentationAdapter(
-            self.encoder.output_dim, [e.output_dim for e, _ in kept], [projected for _, projected in kept]
-        )
+        kept = [(t.encoder.output_dim, not same) for t, same, kept in zip(teachers, own, self._represented) if kept]
+        return RepresentationAdapter(self.encoder.output_dim, [dim for dim, _ in kept], [proj for _, proj in kept])
 
     def _load_teacher(self, path: str) -> TeacherModule:
         """The student's own teacher: of its family and sizes, with the head the student starts from."""
