@@ -32,9 +32,10 @@ def chosen_frames(sampler: KFrameSampler, store: FrameStore, videos: np.ndarray)
     """The frames ``sampler`` reads of each of ``videos`` (a scored sampler reads every frame to choose)."""
     lengths = torch.from_numpy(np.minimum(store.lengths[videos], MAX_FRAMES))
     if isinstance(sampler, ScoredSampler):
-        seen = store.read_frames(videos, sampler.skimmed_positions(lengths).numpy())
+        positions = sampler.skimmed_positions(lengths)
+        seen = store.read_frames(videos, positions.numpy())
         skimmed = sampler.side_by_side(lambda columns: seen[..., columns])
-        return sampler.indices_from_frames(lengths, torch.from_numpy(skimmed)).tolist()
+        return sampler.indices_from_frames(lengths, positions, torch.from_numpy(skimmed)).tolist()
     return sampler.indices(lengths).tolist()
 
 

@@ -324,11 +324,7 @@ def test_a_strided_skim_chooses_among_the_frames_it_skims_and_falls_back_to_unif
     assert positions.tolist() == [[0, 3, 6, 9], [0, 3, -1, -1]]
     table = torch.tensor([[1.0, 5.0, 2.0, 3.0], [1.0, 2.0, 0.0, 0.0]])
 
-    class Strided(GivenScores):
-        def skimmed_positions(self, lengths):
-            return positions
-
-    chosen = Strided(3, table).indices_from_frames(lengths, torch.zeros(2, 4, 1))
+    chosen = GivenScores(3, table).indices_from_frames(lengths, positions, torch.zeros(2, 4, 1))
     # Video 0, segments [0, 3), [3, 6), [6, 10): the skimmed frames 0, then 3, then 9 (score 3 > 2).
     # Video 1, segments [0, 1), [1, 2), [2, 4): frame 0, none skimmed (Uniform-3's slot 1: frame 2), then 3.
     assert chosen.tolist() == [[0, 3, 9], [0, 2, 3]]

@@ -202,7 +202,7 @@ class VideoBatchDataset(Dataset[VideoBatch]):
                 seen = sampler.side_by_side(
                     lambda columns, frames=skimmed.numpy(): self.store.read_frames(videos, frames, columns)
                 )
-            indices[name] = sampler.indices_from_frames(lengths, torch.from_numpy(seen))
+            indices[name] = sampler.indices_from_frames(lengths, skimmed, torch.from_numpy(seen))
         if full is None:
             return {name: self.store.read_frames(videos, index.numpy()) for name, index in indices.items()}
         return {name: full if name == every_frame else _gather(full, index.numpy()) for name, index in indices.items()}

@@ -290,10 +290,9 @@ class ScoredSampler(KFrameSampler, ABC):
         """(B,) lengths -> (B, S) long: the frames whose ``columns`` scoring reads, -1 at padding (every frame)."""
         return AllFramesSampler().indices(lengths)
 
-    def indices_from_frames(self, lengths: Tensor, frames: Tensor) -> Tensor:
-        """(B,) lengths, (B, S, F) the ``columns`` of the ``skimmed_positions`` frames (as stored; S may exceed their
-        count) -> (B, k) sorted indices."""
-        positions = self.skimmed_positions(lengths)
+    def indices_from_frames(self, lengths: Tensor, positions: Tensor, frames: Tensor) -> Tensor:
+        """(B,) lengths, (B, S) their ``skimmed_positions`` (the caller has them: it read those frames), (B, S', F)
+        the ``columns`` of those frames (as stored; S' may exceed S) -> (B, k) sorted indices."""
         skimmed = positions.shape[1]
         scores = self.scores(frames[:, :skimmed], positions >= 0)
         # Onto the video's timeline: frames not skimmed score -inf (padding slots land in a spare last column).
