@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -491,9 +491,15 @@ def test_an_any_k_student_is_trained_once_per_seed_and_tested_at_every_k(tmp_pat
         assert init_args["teacher_targets"] == "live"  # the variant's module settings
     first = CellRun(trainer, cell_configs(trainer, grid, layout, dict(FILES)), "f")
     assert [command[0] for command in cell_commands(first, layout)] == ["fit", "test"]
-    # Its one checkpoint serves every k: the last weights, not the best at the grid's largest k.
+    # Its one checkpoint serves every k: validated at each of the grid's ks, kept (and stopped) by their mean GAP,
+    # not by the GAP at one k.
+    assert first.fits[-1].config["model"]["init_args"]["validation_ks"] == [6, 12, 30]
     (checkpoint,) = [c for c in first.fits[-1].config["trainer"]["callbacks"] if "ModelCheckpoint" in c["class_path"]]
-    assert checkpoint["init_args"]["monitor"] is None and checkpoint["init_args"]["filename"] == "best"
+    assert checkpoint["init_args"]["monitor"] == "val/any_k/gap" and checkpoint["init_args"]["mode"] == "max"
+    assert checkpoint["init_args"]["filename"] == "best"
+    patient = CellRun(trainer, cell_configs(trainer, replace(grid, patience=2), layout, dict(FILES)), "f")
+    (stopping,) = [c for c in patient.fits[-1].config["trainer"]["callbacks"] if "EarlyStopping" in c["class_path"]]
+    assert stopping["init_args"] == {"monitor": "val/any_k/gap", "mode": "max", "patience": 2}
 
 
 def test_an_any_k_variant_with_train_every_batch_sees_every_batch_at_those_ks_too(tmp_path):

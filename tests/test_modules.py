@@ -369,6 +369,43 @@ def test_any_k_student_trains_at_drawn_ks_and_is_evaluated_at_a_k_chosen_at_run_
     assert not torch.allclose(predictions[2], predictions[6])
 
 
+def test_any_k_student_is_validated_at_each_of_its_validation_ks_and_their_mean(teacher_ckpt, tmp_path):
+    torch.manual_seed(0)
+    data = TinyVideos(num_videos=48, batch_size=4)
+    student = StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4),
+                            train_sampler=AnyKSampler([2, 4, 6]), validation_ks=[6, 2])
+    assert "student_k2" not in student.frame_views("fit")  # training still reads the drawn k only
+    fitter = trainer(max_steps=6)
+    fitter.fit(student, datamodule=data)
+    path = tmp_path / "any_k.ckpt"
+    fitter.save_checkpoint(path)
+    logged = trainer(limit_val_batches=None).validate(student, datamodule=data)[0]
+    # Each k's GAP is what validating the same weights at that k alone gives; the mean is over the ks.
+    for k in (2, 4, 6):
+        alone = StudentModule.load_from_checkpoint(path, weights_only=True, encoder=hrnn(block_length=2),
+                                                   sampler=UniformSampler(k), validation_ks=None)
+        (result,) = trainer(limit_val_batches=None).validate(alone, datamodule=data)
+        assert set(result) == {"val/gap", "val/map", "val/map_all_classes", "val/hit_at_one", "val/perr"}
+        assert result["val/gap"] == pytest.approx(logged["val/gap" if k == 4 else f"val/k{k}/gap"], abs=1e-6)
+    assert logged["val/any_k/gap"] == pytest.approx((logged["val/k2/gap"] + logged["val/k6/gap"]) / 2)
+    assert len({logged["val/k2/gap"], logged["val/k6/gap"]}) == 2
+    # The training scheme at each k (random frames for a student trained on random frames).
+    random = StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4),
+                           train_sampler=AnyKSampler([2, 4], selection="random"), validation_ks=[2])
+    assert {name: (type(v), v.k) for name, v in random.frame_views("validate").items()} == {
+        "student": (UniformSampler, 4), "student_k2": (RandomSampler, 2)}
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"train_sampler": UniformSampler(4), "validation_ks": [2]}, "validation_ks=\\[2\\] validates an any-k student"),
+    ({"train_sampler": AnyKSampler([2, 4]), "validation_ks": [0, 2]}, "list frame counts >= 1"),
+    ({"train_sampler": AnyKSampler([2, 4]), "validation_ks": [3]}, "k=3 is not a multiple"),
+])
+def test_bad_validation_ks_are_config_errors(teacher_ckpt, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        StudentModule(hrnn(block_length=2), NUM_CLASSES, str(teacher_ckpt), sampler=UniformSampler(4), **settings)
+
+
 def test_any_k_student_with_every_batch_ks_trains_each_batch_at_the_drawn_and_those_ks(teacher_ckpt):
     torch.manual_seed(0)
     data = TinyVideos(num_videos=48, batch_size=4)

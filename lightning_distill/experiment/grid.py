@@ -136,7 +136,9 @@ class StudentVariant:
         tag: tells variants of the same mode and losses apart (``parallel-rep_pred_ce-std``); shown in the label.
         module: further init_args of the variant's module, e.g. ``{warmup_epochs: 1}`` for a Parallel student.
         train_ks: makes an any-k student (Serial only): ONE student per seed, trained with a k drawn per batch from
-            these (``AnyKSampler``) and tested at every k of the grid, each k's cell testing that one checkpoint.
+            these (``AnyKSampler``) and tested at every k of the grid, each k's cell testing that one checkpoint:
+            the weights with the best mean validation GAP over the grid's ks (``StudentModule.validation_ks``),
+            which early stopping watches too.
             An any-k variant without a tag is tagged ``any-k`` (``any-k-also-k6-k30`` with ``train_every_batch``).
         train_every_batch: with ``train_ks``, ks among them that every training batch is also seen at, their losses
             added (``AnyKSampler(every_batch=...)``), e.g. ``[6, 30]``: the smallest and the largest.

@@ -172,7 +172,10 @@ class VideoClassifierModule(L.LightningModule, ABC):
     def setup(self, stage: str) -> None:
         max_frames = getattr(self.trainer.datamodule, "max_frames", None)
         if max_frames is not None:
-            for name, sampler in self.frame_views(stage).items():
+            # A fit reads validation batches too, whose views may differ (StudentModule.validation_ks).
+            stages = (stage, "validate") if stage == "fit" else (stage,)
+            views = {name: sampler for each in stages for name, sampler in self.frame_views(each).items()}
+            for name, sampler in views.items():
                 if sampler.k is not None and sampler.k > max_frames:
                     raise ConfigError(
                         f"the {name} sampler takes k={sampler.k} frames but the data keeps max_frames={max_frames}: "
@@ -202,7 +205,7 @@ class VideoClassifierModule(L.LightningModule, ABC):
     def predict_step(self, batch: VideoBatch, batch_idx: int) -> dict[str, Any]:
         """``{"video_ids": B ids, "probabilities": (B, C)}`` from the predicting role's view."""
         output = self(batch.views[self.predicting_role])
-        _raise_if_not_finite(output.probabilities, batch)
+        raise_if_not_finite(output.probabilities, batch)
         return {"video_ids": list(batch.video_ids), "probabilities": output.probabilities}
 
     def parameter_groups(self) -> list[nn.Parameter] | list[dict[str, Any]]:
@@ -217,16 +220,18 @@ class VideoClassifierModule(L.LightningModule, ABC):
         scheduler = {"scheduler": self.lr_scheduler(optimizer), "interval": "epoch"}
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
-    def _update_metrics(self, batch: VideoBatch, stage: str) -> None:
+    def _update_metrics(self, batch: VideoBatch, stage: str) -> dict[str, ModelOutput]:
+        """Score the evaluated roles' predictions of ``batch``; returns every output of the step."""
         outputs = self.model_step(batch)
         for role, metric in self.metrics[stage].items():
-            _raise_if_not_finite(outputs[role].probabilities, batch)
+            raise_if_not_finite(outputs[role].probabilities, batch)
             metric.update(outputs[role].probabilities, batch.labels)
         if isinstance(self.sampler, ScoredSampler):
             # What choosing the frames cost, beside what the network cost: a content sampler's price (per video).
             for name, values in self.sampler.selection_cost(batch.lengths).items():
                 self.log(f"{stage}/{name}", values.float().mean(), on_step=False, on_epoch=True,
                          batch_size=len(batch), sync_dist=True)
+        return outputs
 
     def _log_metrics(self, stage: str) -> None:
         metrics = self.metrics[stage]
@@ -282,7 +287,7 @@ def _is_plain(value: Any) -> bool:
     return False
 
 
-def _raise_if_not_finite(probabilities: Tensor, batch: VideoBatch) -> None:
+def raise_if_not_finite(probabilities: Tensor, batch: VideoBatch) -> None:
     """Raise a user error naming the videos whose predicted probabilities are NaN or infinite.
 
     Bad features are bad data (``DataError``); finite features with non-finite predictions mean the weights are.

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from lightning_distill.data.batch import VideoBatch
 from lightning_distill.data.samplers import AllFramesSampler, AnyKSampler, FrameSampler, UniformSampler
 from lightning_distill.errors import ConfigError
+from lightning_distill.evaluation.metrics import YT8MMetrics
 from lightning_distill.models.encoder import VideoEncoder
 from lightning_distill.models.heads import ClassifierHead, LogisticHead
 from lightning_distill.models.modes import eval_mode
@@ -30,6 +31,7 @@ from lightning_distill.training.module import (
     check_same_family,
     check_teacher_comparisons,
     loss_log_names,
+    raise_if_not_finite,
     same_family,
     save_plain_hyperparameters,
 )
@@ -43,9 +45,11 @@ from lightning_distill.training.teacher_targets import (
 )
 
 TEACHER_PREFIX = "teacher."
-# The views (and outputs) of an any-k student's every training batch at fixed ks (AnyKSampler.every_batch):
-# "student_k30" for k = 30.
+# The views (and outputs) of an any-k student at fixed ks, in every training batch (AnyKSampler.every_batch) and
+# in validation batches (validation_ks): "student_k30" for k = 30.
 EVERY_BATCH_VIEW = "student_k{k}"
+# An any-k student's validation GAP over its validation_ks: their mean, what its checkpoint is kept by.
+ANY_K_METRIC = "val/any_k/gap"
 ADAPTER_PREFIX = "adapter."
 # The teacher outputs a target cache keeps: video-level ones (data/target_cache.py).
 CACHEABLE_OUTPUTS = frozenset({"representation", "probabilities"})
@@ -120,6 +124,11 @@ class StudentModule(VideoClassifierModule):
             way (README, "Teachers of several families"): a NetVLAD student of NetVLAD + H-RNN teachers on the
             independent data lost 0.005 GAP at k = 6 with ``every`` and was level with ``own``; an H-RNN student of
             H-RNN + NeXtVLAD teachers on our synthetic data did better at k = 30 with ``every``.
+        validation_ks: with an ``AnyKSampler`` ``train_sampler``, ks the student is also validated at (frames by
+            that sampler's ``selection`` at each k): logs ``val/k<k>/gap`` for each and their mean as
+            ``val/any_k/gap`` (``ANY_K_METRIC``). One checkpoint serves every k, so a checkpoint and early stopping
+            that watch the mean keep the weights best over all of them; the GAP at one k favours that k (README,
+            "One student for any k").
     """
 
     evaluated_roles = ("student",)
@@ -144,6 +153,7 @@ class StudentModule(VideoClassifierModule):
         head_from_teacher: bool = True,
         encoder_from_teacher: bool = False,
         ensemble_representation: Literal["every", "own"] = "every",
+        validation_ks: list[int] | None = None,
     ) -> None:
         super().__init__(
             encoder, num_classes, head, optimizer, lr_scheduler, sampler or UniformSampler(30), train_sampler
@@ -180,6 +190,10 @@ class StudentModule(VideoClassifierModule):
         if ensemble_representation not in ("every", "own"):
             raise ConfigError(f"ensemble_representation must be 'every' or 'own', got {ensemble_representation!r}")
         self.ensemble_representation = ensemble_representation
+        self.validation_ks = sorted(set(validation_ks or []))
+        if self.validation_ks:
+            self._check_validation_ks(encoder)
+        self.validation_metrics = nn.ModuleDict({str(k): YT8MMetrics(num_classes) for k in self.validation_ks})
         # Per teacher, whether its representation is part of the ensemble's: set by setup("fit").
         self._represented: list[bool] | None = None
         self.head_from_teacher = head_from_teacher
@@ -208,6 +222,10 @@ class StudentModule(VideoClassifierModule):
         return ([self.teacher_checkpoint] if self.teacher_checkpoint else []) + self.ensemble_teachers
 
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
+        if stage == "validate" and self.validation_ks:
+            scheme = FrameSampler.registry[self.train_sampler.selection]
+            at_ks = {EVERY_BATCH_VIEW.format(k=k): scheme(k) for k in self.validation_ks}
+            return {"student": self.sampler, **at_ks}
         if stage != "fit":
             return {"student": self.own_sampler(stage)}
         views = {}
@@ -296,6 +314,30 @@ class StudentModule(VideoClassifierModule):
             student = self.adapter.adapt(student)
         return self.criterion(student, teacher, labels)
 
+    def validation_step(self, batch: VideoBatch, batch_idx: int) -> None:
+        outputs = self._update_metrics(batch, "val")
+        for k, metric in zip(self.validation_ks, self.validation_metrics.values()):
+            view = EVERY_BATCH_VIEW.format(k=k)
+            if view not in outputs:  # the data module was given views of its own (data.views), not ours
+                raise ConfigError(
+                    f"validation batches have no view {view!r} for validation_ks={self.validation_ks}: drop "
+                    "data.views (the student names its views) or validation_ks"
+                )
+            raise_if_not_finite(outputs[view].probabilities, batch)
+            metric.update(outputs[view].probabilities, batch.labels)
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if not self.validation_ks:
+            return
+        gaps = []
+        for k, metric in zip(self.validation_ks, self.validation_metrics.values()):
+            gaps.append(metric.compute()["gap"].float())
+            metric.reset()
+            # compute() gathers every rank's videos (see _log_metrics): sync_dist averages equal values.
+            self.log(f"val/k{k}/gap", gaps[-1], sync_dist=True)
+        self.log(ANY_K_METRIC, torch.stack(gaps).mean(), sync_dist=True, prog_bar=True)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["state_dict"] = {
@@ -333,6 +375,18 @@ class StudentModule(VideoClassifierModule):
             )
         kept = [(t.encoder.output_dim, not same) for t, same, kept in zip(teachers, own, self._represented) if kept]
         return RepresentationAdapter(self.encoder.output_dim, [dim for dim, _ in kept], [proj for _, proj in kept])
+
+    def _check_validation_ks(self, encoder: VideoEncoder) -> None:
+        """Raise ``ConfigError`` unless ``validation_ks`` validates an any-k student at ks its encoder takes."""
+        if not isinstance(self.train_sampler, AnyKSampler):
+            raise ConfigError(
+                f"validation_ks={self.validation_ks} validates an any-k student at several ks, but train_sampler is "
+                f"{self.train_sampler!r}: set train_sampler to an AnyKSampler, or drop validation_ks"
+            )
+        if self.validation_ks[0] < 1:
+            raise ConfigError(f"validation_ks={self.validation_ks}: list frame counts >= 1, e.g. [6, 10, 15, 20, 30]")
+        for k in self.validation_ks:
+            check_blocks(encoder, UniformSampler(k), "student's validation view", adapt=False)
 
     def _load_teacher(self, path: str) -> TeacherModule:
         """The student's own teacher: of its family and sizes, with the head the student starts from."""
