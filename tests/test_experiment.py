@@ -502,6 +502,22 @@ def test_an_any_k_student_is_trained_once_per_seed_and_tested_at_every_k(tmp_pat
     assert stopping["init_args"] == {"monitor": "val/any_k/gap", "mode": "max", "patience": 2}
 
 
+def test_the_report_gives_an_any_k_students_tested_epoch_as_its_best_mean_over_ks(tmp_path):
+    variant = StudentVariant("serial", ["ce"], train_ks=[6, 9, 12])
+    grid = Grid(family="hrnn-tiny", configs=str(REPO / "configs"), ks=[6, 30], baselines=[], students=[variant],
+                seeds=[0])
+    cells = expand_grid(grid)
+    layout = ExperimentLayout(tmp_path)
+    # The GAP at the cell's k peaks in the 3rd epoch, the mean over the ks in the 2nd: the checkpoint is the mean's.
+    any_k = [{"epoch": e, "step": e, "val/gap": g, "val/any_k/gap": m}
+             for e, (g, m) in enumerate([(0.5, 0.4), (0.6, 0.7), (0.7, 0.6), (0.65, 0.5)])]
+    for cell in cells:
+        fabricate_cell(layout, cell.name, {"test/gap": 0.5, "test/map_all_classes": 0.3},
+                       any_k if cell.name == "serial-ce-any-k-k30-s0" else [{"epoch": 0, "step": 0, "val/gap": 0.5}])
+    report = write_report(layout, grid, cells, [], command="vdistill experiment --config g.yaml --output run")
+    assert report["epochs"]["serial-ce-any-k-k30-s0"] == {"best": 2, "trained": 4}
+
+
 def test_an_any_k_variant_with_train_every_batch_sees_every_batch_at_those_ks_too(tmp_path):
     variant = StudentVariant("serial", ["rep", "pred", "ce"], train_ks=[6, 9, 12], train_every_batch=[12, 6])
     assert variant.slug == "serial-rep_pred_ce-any-k-also-k6-k12"

@@ -35,6 +35,7 @@ from lightning_distill.experiment.plots import (
     plot_gap_vs_k,
     plot_training_curves,
 )
+from lightning_distill.training.student import ANY_K_METRIC
 
 FRAMES_READ_LABEL = "frames read per video (k, plus the features read to choose them, in 1152-value frames)"
 
@@ -147,14 +148,15 @@ def build_report(
 
 
 def _epochs(layout: ExperimentLayout, cell: Cell) -> dict[str, int] | None:
-    """The epoch whose checkpoint was tested (best validation GAP, the student's in a Parallel cell; the last for an
-    any-k student, see ``cell_configs``) and the epochs trained, from the cell's CSV log."""
-    epochs, values = _side_curve(layout.curves(cell.name), "student")
+    """The epoch whose checkpoint was tested (best validation GAP, the student's in a Parallel cell; for an any-k
+    student the best mean over the grid's ks, see ``cell_configs``) and the epochs trained, from the cell's CSV
+    log."""
+    any_k = cell.variant is not None and bool(cell.variant.train_ks)
+    path = layout.curves(cell.name)
+    epochs, values = read_curve(path, ANY_K_METRIC) if any_k else _side_curve(path, "student")
     if not epochs:
         return None
-    last = cell.variant is not None and bool(cell.variant.train_ks)
-    best = max(epochs) if last else epochs[max(range(len(values)), key=values.__getitem__)]
-    return {"best": best, "trained": max(epochs)}
+    return {"best": epochs[max(range(len(values)), key=values.__getitem__)], "trained": max(epochs)}
 
 
 def render_markdown(report: dict[str, Any], figures: dict[str, str], command: str) -> str:
