@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_distill.data.batch import FrameView, VideoBatch
@@ -34,7 +33,12 @@ from lightning_distill.training.module import save_plain_hyperparameters
 from lightning_distill.training.outputs import ModelOutput
 from lightning_distill.training.student import StudentModule
 from lightning_distill.training.teacher import TeacherModule
-from lightning_distill.training.teacher_targets import check_same_inputs, load_frozen_teacher, recorded_normalization
+from lightning_distill.training.teacher_targets import (
+    cached_outputs,
+    check_same_inputs,
+    load_frozen_teacher,
+    recorded_normalization,
+)
 
 # Frames the reader classifies at once: each is a one-frame video, so a batch of 64 videos is ~10^4 of them.
 READER_CHUNK = 4096
@@ -165,30 +169,17 @@ class FrameUtilityModule(StudentModule):
         """``frame_utility`` of every frame of ``split``'s store under ``reader()`` (trained on ``inputs``), computed
         once and kept beside the store (``data/target_cache.py``, ``FRAME_UTILITY``): later fits of any skim with this
         reader and data reuse it, and a fit holds none of it in memory."""
-        trainer = self.trainer
-        max_frames = trainer.datamodule.max_frames
+        max_frames = self.trainer.datamodule.max_frames
 
         def utilities(batch: VideoBatch) -> dict[str, Tensor]:
             utility, defined = frame_utility(reader(), batch.views["teacher"], batch.labels)
             rows = utility.float().masked_fill(~defined, float("nan"))
             return {"utility": F.pad(rows, (0, max_frames - rows.shape[1]), value=float("nan"))}
 
-        cache, built = trainer.datamodule.teacher_targets(
-            utilities,
-            checkpoint=self.reader_checkpoint,
-            sampler=AllFramesSampler(),
-            device=trainer.strategy.root_device,
-            precision=str(trainer.precision),
-            context=trainer.precision_plugin.forward_context,
-            normalization=inputs,
-            split=split,
-            kind=FRAME_UTILITY,
+        return cached_outputs(
+            self.trainer, utilities, self.reader_checkpoint, AllFramesSampler(), inputs, f"frame utility ({split})",
+            split=split, kind=FRAME_UTILITY,
         )
-        action = "built" if built else "reused"
-        rank_zero_info(
-            f"frame utility ({split}): cached, {action} {cache.path} (the build took {cache.build_seconds:.1f} s)"
-        )
-        return cache
 
     def model_step(self, batch: VideoBatch) -> dict[str, ModelOutput]:
         outputs = super().model_step(batch)

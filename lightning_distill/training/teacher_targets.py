@@ -7,6 +7,7 @@ that never change; this module loads them frozen and has the data module cache t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,10 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_distill.data.batch import FrameView
+from lightning_distill.data.batch import FrameView, VideoBatch
 from lightning_distill.data.normalization import FeatureNormalizer, normalizer_from_config
 from lightning_distill.data.samplers import FrameSampler
-from lightning_distill.data.target_cache import TargetCache
+from lightning_distill.data.target_cache import TEACHER_TARGETS, CacheKind, TargetCache
 from lightning_distill.errors import ConfigError
 from lightning_distill.models.modes import eval_mode
 from lightning_distill.training.checkpoints import load_module, read_checkpoint
@@ -80,19 +81,44 @@ def cached_targets(trainer: Trainer, teacher: TeacherModule, path: str, sampler:
         path: its checkpoint (part of the cache's key; also records its inputs' normalisation).
         sampler: the teacher's frames.
     """
-    device = trainer.strategy.root_device
-    teacher.to(device)
-    cache, built = trainer.datamodule.teacher_targets(
+    teacher.to(trainer.strategy.root_device)
+    return cached_outputs(
+        trainer,
         lambda batch: video_outputs(teacher, batch.views["teacher"]),
-        checkpoint=path,
+        path,
+        sampler,
+        recorded_normalization(path),
+        "teacher targets",
+    )
+
+
+def cached_outputs(
+    trainer: Trainer,
+    model: Callable[[VideoBatch], dict[str, Tensor]],
+    checkpoint: str,
+    sampler: FrameSampler,
+    normalization: FeatureNormalizer | None,
+    label: str,
+    *,
+    split: str = "train",
+    kind: CacheKind = TEACHER_TARGETS,
+) -> TargetCache:
+    """A frozen model's outputs for every video of a split of the trainer's data module, built once (on the fit's
+    device, under its precision) and reused: ``YT8MDataModule.teacher_targets``, which says what the arguments are.
+    Logs under ``label`` whether it was built or reused."""
+    cache, built = trainer.datamodule.teacher_targets(
+        model,
+        checkpoint=checkpoint,
         sampler=sampler,
-        device=device,
+        device=trainer.strategy.root_device,
         precision=str(trainer.precision),
         context=trainer.precision_plugin.forward_context,
-        normalization=recorded_normalization(path),
+        normalization=normalization,
+        split=split,
+        kind=kind,
     )
     action = "built" if built else "reused"
-    rank_zero_info(f"teacher targets: cached, {action} {cache.path} (the build took {cache.build_seconds:.1f} s)")
+    rank_zero_info(f"{label}: cached, {action} {cache.path} (the build took {cache.build_seconds:.1f} s)")
     return cache
 
 
@@ -117,6 +143,7 @@ def load_weights(path: str, parts: dict[str, nn.Module], argument: str) -> None:
 
 
 __all__ = [
+    "cached_outputs",
     "cached_targets",
     "check_same_inputs",
     "load_frozen_teacher",
