@@ -348,10 +348,14 @@ class AnyKSampler(FrameSampler):
         if stray:
             raise ConfigError(f"AnyKSampler(every_batch={every_batch}): {stray} not among ks={list(ks)}; name drawn ks")
         self.ks = list(ks)
-        self.samplers = [FrameSampler.registry[selection](k) for k in self.ks]
         self.selection = selection
+        self.samplers = [self.at(k) for k in self.ks]
         self.k = max(self.ks)
         self.every_batch = sorted(set(every_batch or []))
+
+    def at(self, k: int) -> FrameSampler:
+        """The ``selection`` scheme at ``k`` (a k drawn, or one an any-k student is validated at)."""
+        return FrameSampler.registry[self.selection](k)
 
     @property
     def every_batch_samplers(self) -> dict[int, FrameSampler]:

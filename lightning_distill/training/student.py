@@ -223,9 +223,10 @@ class StudentModule(VideoClassifierModule):
 
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
         if stage == "validate" and self.validation_ks:
-            scheme = FrameSampler.registry[self.train_sampler.selection]
-            at_ks = {EVERY_BATCH_VIEW.format(k=k): scheme(k) for k in self.validation_ks}
-            return {"student": self.sampler, **at_ks}
+            views = {"student": self.sampler}
+            for k in self.validation_ks:
+                views.setdefault(self._validated_view(k), self.train_sampler.at(k))
+            return views
         if stage != "fit":
             return {"student": self.own_sampler(stage)}
         views = {}
@@ -317,7 +318,7 @@ class StudentModule(VideoClassifierModule):
     def validation_step(self, batch: VideoBatch, batch_idx: int) -> None:
         outputs = self._update_metrics(batch, "val")
         for k, metric in zip(self.validation_ks, self.validation_metrics.values()):
-            view = EVERY_BATCH_VIEW.format(k=k)
+            view = self._validated_view(k)
             if view not in outputs:  # the data module was given views of its own (data.views), not ours
                 raise ConfigError(
                     f"validation batches have no view {view!r} for validation_ks={self.validation_ks}: drop "
@@ -375,6 +376,12 @@ class StudentModule(VideoClassifierModule):
             )
         kept = [(t.encoder.output_dim, not same) for t, same, kept in zip(teachers, own, self._represented) if kept]
         return RepresentationAdapter(self.encoder.output_dim, [dim for dim, _ in kept], [proj for _, proj in kept])
+
+    def _validated_view(self, k: int) -> str:
+        """The view validated at ``k``: the student's own where its ``sampler`` reads those frames (a grid's any-k
+        student is evaluated at the largest k it is validated at), so they are not read and classified twice."""
+        same = repr(self.train_sampler.at(k)) == repr(self.sampler)
+        return "student" if same else EVERY_BATCH_VIEW.format(k=k)
 
     def _check_validation_ks(self, encoder: VideoEncoder) -> None:
         """Raise ``ConfigError`` unless ``validation_ks`` validates an any-k student at ks its encoder takes."""
