@@ -193,6 +193,12 @@ class StudentModule(VideoClassifierModule):
         self.validation_ks = sorted(set(validation_ks or []))
         if self.validation_ks:
             self._check_validation_ks(encoder)
+        # The view each k is validated on, named once: the student's own where its sampler reads those frames (a
+        # grid's any-k student is evaluated at the largest k it is validated at), so they are not read twice.
+        self.validation_views = {
+            k: "student" if repr(self.train_sampler.at(k)) == repr(self.sampler) else EVERY_BATCH_VIEW.format(k=k)
+            for k in self.validation_ks
+        }
         self.validation_metrics = nn.ModuleDict({str(k): YT8MMetrics(num_classes) for k in self.validation_ks})
         # Per teacher, whether its representation is part of the ensemble's: set by setup("fit").
         self._represented: list[bool] | None = None
@@ -224,8 +230,8 @@ class StudentModule(VideoClassifierModule):
     def frame_views(self, stage: str) -> dict[str, FrameSampler]:
         if stage == "validate" and self.validation_ks:
             views = {"student": self.sampler}
-            for k in self.validation_ks:
-                views.setdefault(self._validated_view(k), self.train_sampler.at(k))
+            for k, view in self.validation_views.items():
+                views.setdefault(view, self.train_sampler.at(k))
             return views
         if stage != "fit":
             return {"student": self.own_sampler(stage)}
@@ -317,8 +323,7 @@ class StudentModule(VideoClassifierModule):
 
     def validation_step(self, batch: VideoBatch, batch_idx: int) -> None:
         outputs = self._update_metrics(batch, "val")
-        for k, metric in zip(self.validation_ks, self.validation_metrics.values()):
-            view = self._validated_view(k)
+        for view, metric in zip(self.validation_views.values(), self.validation_metrics.values()):
             if view not in outputs:  # the data module was given views of its own (data.views), not ours
                 raise ConfigError(
                     f"validation batches have no view {view!r} for validation_ks={self.validation_ks}: drop "
@@ -376,12 +381,6 @@ class StudentModule(VideoClassifierModule):
             )
         kept = [(t.encoder.output_dim, not same) for t, same, kept in zip(teachers, own, self._represented) if kept]
         return RepresentationAdapter(self.encoder.output_dim, [dim for dim, _ in kept], [proj for _, proj in kept])
-
-    def _validated_view(self, k: int) -> str:
-        """The view validated at ``k``: the student's own where its ``sampler`` reads those frames (a grid's any-k
-        student is evaluated at the largest k it is validated at), so they are not read and classified twice."""
-        same = repr(self.train_sampler.at(k)) == repr(self.sampler)
-        return "student" if same else EVERY_BATCH_VIEW.format(k=k)
 
     def _check_validation_ks(self, encoder: VideoEncoder) -> None:
         """Raise ``ConfigError`` unless ``validation_ks`` validates an any-k student at ks its encoder takes."""
